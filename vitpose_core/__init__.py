@@ -1,9 +1,24 @@
 """vitpose_core: ViTPose top-down pose estimation in one process (no Ray).
 
-Public API (see README): `load_pose_model`, `ViTPose`, `ViTPoseConfig`, keypoint metadata in `keypoint_sets`.
+    model = load_pose_model(ref)                       # HF folder, fsspec URI, original .pth, hub id
+    keypoints, scores = decode_heatmaps(heatmaps, boxes)
+    estimator = PoseEstimator(model, detector=load_detector("yolox_nano.onnx"))
+    results = estimator(images)                        # per image: boxes, keypoints, scores
 """
 
 from .checkpoints import CheckpointError, load_pose_model
+from .decoding import decode_heatmaps
+from .estimator import PoseEstimator
+from .keypoint_sets import KeypointSet, get_keypoint_set
 from .model import ViTPose, ViTPoseConfig
 
-__all__ = ["CheckpointError", "ViTPose", "ViTPoseConfig", "load_pose_model"]
+__all__ = [
+    "CheckpointError",
+    "KeypointSet",
+    "PoseEstimator",
+    "ViTPose",
+    "ViTPoseConfig",
+    "decode_heatmaps",
+    "get_keypoint_set",
+    "load_pose_model",
+]
