@@ -139,3 +139,26 @@ def test_truncated_pth(original_state, tmp_path):
 
 def test_bad_dtype(hf_folder):
     assert "unknown dtype 'int8'" in error_of(hf_folder[0], dtype="int8")
+
+
+def test_s3_folder_and_pth(hf_folder, original_state, s3_server, s3_env, tmp_path):
+    """A checkpoint folder (and a .pth) on a real S3 server (SeaweedFS on 127.0.0.1) loads through s3:// URIs."""
+    bucket = s3_server.make_bucket("models-ckpt")
+    fs = s3_server.filesystem()
+    fs.put(str(hf_folder[0]), f"{bucket}/vitpose/tiny", recursive=True)
+    assert_loads_same(f"s3://{bucket}/vitpose/tiny", hf_folder)
+    assert_loads_same(f"s3://{bucket}/vitpose/tiny/", hf_folder)
+
+    path = factory.save_original(original_state, tmp_path / "orig.pth")
+    fs.put(str(path), f"{bucket}/orig.pth")
+    model = vc.load_pose_model(f"s3://{bucket}/orig.pth")
+    assert model.config.hidden_size == 128
+    assert "not found" in error_of(f"s3://{bucket}/vitpose/nothing-here")
+
+
+def test_gcs_folder(hf_folder, gcs_server, gcs_env):
+    bucket = gcs_server.make_bucket("models-gcs")
+    fs = gcs_server.filesystem()
+    for name in ("config.json", "model.safetensors"):
+        fs.put(str(hf_folder[0] / name), f"{bucket}/tiny/{name}")
+    assert_loads_same(f"gs://{bucket}/tiny", hf_folder)
