@@ -8,17 +8,23 @@
 
 from .checkpoints import CheckpointError, load_pose_model
 from .decoding import decode_heatmaps
+from .detectors import DetectorError, load_detector
+from .drawing import draw_poses, draw_poses_from_result
 from .estimator import PoseEstimator
 from .keypoint_sets import KeypointSet, get_keypoint_set
 from .model import ViTPose, ViTPoseConfig
 
 __all__ = [
     "CheckpointError",
+    "DetectorError",
     "KeypointSet",
     "PoseEstimator",
     "ViTPose",
     "ViTPoseConfig",
     "decode_heatmaps",
+    "draw_poses",
+    "draw_poses_from_result",
     "get_keypoint_set",
+    "load_detector",
     "load_pose_model",
 ]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .hub import hub_snapshot, one_line
 from .keypoint_sets import VITPOSE_PLUS_DATASETS
 from .model import HEADS_BY_WIDTH, ViTPose, ViTPoseConfig
 
@@ -73,7 +74,11 @@ def read_checkpoint(ref: str) -> tuple[ViTPoseConfig, dict[str, torch.Tensor]]:
     if "://" in ref:
         return read_remote(ref)
     if HUB_ID.match(ref) and not ref.endswith((".pth", ".pt", ".bin", ".safetensors")):
-        return read_local(download_from_hub(ref), ref)
+        return read_local(
+            hub_snapshot(ref, ["config.json", *WEIGHT_FILES], CheckpointError, "model",
+                         "a local folder, an s3:// / gs:// folder, or an original .pth"),
+            ref,
+        )
     raise CheckpointError(f"model {ref!r} not found: no such file or folder, and not a hub id (org/name)")
 
 
@@ -109,8 +114,7 @@ def read_state_dict(path: Path, ref: str) -> dict[str, torch.Tensor]:
             # weights_only: a checkpoint is data, never code to run.
             loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many types for a broken file
-        reason = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"model {ref!r}: cannot read {path.name} (truncated or corrupt?): {reason}") from None
+        raise CheckpointError(f"model {ref!r}: cannot read {path.name} (truncated or corrupt?): {one_line(exc)}") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(loaded, Mapping) and key in loaded and isinstance(loaded[key], Mapping):
             loaded = loaded[key]
@@ -131,8 +135,7 @@ def read_remote(uri: str) -> tuple[ViTPoseConfig, dict[str, torch.Tensor]]:
         is_dir = fs.isdir(path)
         is_file = not is_dir and fs.isfile(path)
     except Exception as exc:  # noqa: BLE001 - backends raise their own error types
-        reason = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"model {uri!r}: cannot reach it: {type(exc).__name__}: {reason}") from None
+        raise CheckpointError(f"model {uri!r}: cannot reach it: {one_line(exc)}") from None
     if not (is_dir or is_file):
         raise CheckpointError(f"model {uri!r} not found")
     with tempfile.TemporaryDirectory(prefix="vitpose-ckpt-") as tmp:
@@ -147,19 +150,6 @@ def read_remote(uri: str) -> tuple[ViTPoseConfig, dict[str, torch.Tensor]]:
                 if name in WEIGHT_FILES:
                     break  # one weight file is enough; safetensors preferred
         return read_local(Path(tmp), uri)
-
-
-def download_from_hub(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, allow_patterns=["config.json", *WEIGHT_FILES], etag_timeout=10))
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, auth: all one answer to the user
-        reason = " ".join(str(exc).split())[:160]
-        raise CheckpointError(
-            f"model {repo_id!r}: cannot download it from the Hugging Face hub ({type(exc).__name__}: {reason}); "
-            "pass a local folder, an s3:// / gs:// folder, or an original .pth instead"
-        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""Person detectors on the shared COCO sets: box AP per score threshold, boxes per image, and ms per image.
+
+    python benchmarks/bench_detectors.py [--thresholds 0.05,0.1,0.3] [--device cpu] [--num-threads N]
+
+Reads ../shared (or $VITPOSE_SHARED) in place. Prints figures and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vitpose_core.detectors import load_detector  # noqa: E402
+
+SHARED = Path(os.environ.get("VITPOSE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SETS = {
+    "coco-val-4": ("data/coco-val-4/test_coco.json", "data/coco-val-4"),
+    "coco-mini-train": ("data/coco-mini-train/person_keypoints_train2017.json", "data/coco-mini-train/images"),
+}
+DETECTORS = {"yolox-nano": "models/yolox_nano.onnx", "rtmdet-nano": "models/rtmdet_nano_person.onnx"}
+
+
+def read_set(name: str) -> tuple[dict, list[tuple[int, np.ndarray]]]:
+    gt_path, image_dir = SETS[name]
+    gt = json.loads((SHARED / gt_path).read_text())
+    images = []
+    for info in gt["images"]:
+        bgr = cv2.imread(str(SHARED / image_dir / info["file_name"]), cv2.IMREAD_COLOR)
+        images.append((info["id"], np.ascontiguousarray(bgr[:, :, ::-1])))
+    return gt, images
+
+
+def person_box_ap(gt: dict, detections: list[dict]) -> float:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = gt
+        coco.createIndex()
+        if not detections:
+            return 0.0
+        result = coco.loadRes(detections)
+        evaluator = COCOeval(coco, result, "bbox")
+        evaluator.params.catIds = [1]
+        evaluator.params.imgIds = [image["id"] for image in gt["images"]]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return float(evaluator.stats[0])
+
+
+def run(detector, images):
+    found = detector([image for _, image in images])
+    detections = [
+        {"image_id": image_id, "category_id": 1, "bbox": [float(v) for v in box], "score": float(score)}
+        for (image_id, _), (boxes, scores) in zip(images, found)
+        for box, score in zip(boxes, scores)
+    ]
+    return detections, sum(len(scores) for _, scores in found) / max(len(images), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--thresholds", default="0.05,0.1,0.3")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--num-threads", type=int, default=None)
+    parser.add_argument("--rtmdet-size", type=int, default=640)
+    parser.add_argument("--timing-iters", type=int, default=2)
+    args = parser.parse_args()
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    sets = {name: read_set(name) for name in SETS}
+    print(f"{'detector':<14}{'thr':>6}" + "".join(f"{n + ' AP':>20}{'boxes/img':>11}" for n in sets))
+    for det_name, rel in DETECTORS.items():
+        extra = {"input_size": args.rtmdet_size} if det_name.startswith("rtmdet") else {}
+        for thr in thresholds:
+            detector = load_detector(SHARED / rel, device=args.device, score_threshold=thr,
+                                     num_threads=args.num_threads, **extra)
+            row = f"{det_name:<14}{thr:>6.2f}"
+            for gt, images in sets.values():
+                detections, per_image = run(detector, images)
+                row += f"{person_box_ap(gt, detections):>20.3f}{per_image:>11.1f}"
+            print(row, flush=True)
+    if args.timing_iters <= 0:
+        return
+    _, images = sets["coco-mini-train"]
+    batch = [image for _, image in images[:32]]
+    for det_name, rel in DETECTORS.items():
+        extra = {"input_size": args.rtmdet_size} if det_name.startswith("rtmdet") else {}
+        batch_sizes = (1, 8) if det_name.startswith("rtmdet") else (None,)
+        for batch_size in batch_sizes:
+            opts = dict(extra, **({"batch_size": batch_size} if batch_size else {}))
+            detector = load_detector(SHARED / rel, device=args.device, num_threads=args.num_threads, **opts)
+            detector(batch[:2])  # warm up
+            start = time.perf_counter()
+            for _ in range(args.timing_iters):
+                detector(batch)
+            ms = (time.perf_counter() - start) * 1000 / (args.timing_iters * len(batch))
+            label = f"batch_size={batch_size}" if batch_size else "batch 1 (fixed)"
+            print(f"{det_name:<14} {label:<16} {ms:8.1f} ms/image  ({detector.name}, {args.device})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
