@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import shutil
 
 import numpy as np
 import pytest
@@ -162,3 +162,11 @@ def test_vitpose_plus_dataset_index_picks_head_and_flip_pairs(tmp_path, val4):
     assert estimator.keypoints_of(5).name == "coco_wholebody" and estimator.keypoints_of(2).name == "mpii"
     coco = estimator([g.image], [g.boxes], dataset_index=0)[0]
     assert coco["keypoints"].shape == (len(g.boxes), 17, 2)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("gcc") is None, reason="torch.compile needs a C compiler")
+def test_compiled_model_gives_the_same_heatmaps(tiny):
+    x = torch.randn(2, 3, 256, 192, generator=torch.Generator().manual_seed(74))
+    eager = vc.PoseEstimator(tiny[1]).heatmaps(x)
+    compiled = vc.PoseEstimator(tiny[1], compile=True).heatmaps(x)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)
