@@ -68,9 +68,14 @@ def test_keypoints_equal_seed_pipeline_on_the_same_crops(val4, tiny, monkeypatch
     for g, result in zip(val4, estimator(images, boxes)):
         seed_kp, seed_scores = seed_pipeline(hf, g.image, g.boxes)
         np.testing.assert_allclose(result["keypoint_scores"], seed_scores, atol=1e-4)
-        # A non-positive peak has no location (transformers returns -1-based garbage, we keep the argmax).
+        # A non-positive peak has no location (transformers returns -1-based garbage, we keep the argmax), and
+        # where transformers' DARK step exceeds a heatmap pixel we keep the argmax too: exactly there we differ.
         peaked = seed_scores > 0
-        np.testing.assert_allclose(result["keypoints"][peaked], seed_kp[peaked], atol=1e-2)
+        step = np.maximum(g.boxes[:, 2], g.boxes[:, 3] * 0.75)[:, None] * 1.25 / 47  # image px per heatmap px
+        gap = np.linalg.norm(result["keypoints"] - seed_kp, axis=-1)
+        same = gap <= 1e-2
+        assert (same | ~peaked | (gap > 0.99 * step)).all()
+        assert same[peaked].mean() > 0.8
         center, size = boxes_to_center_scale(g.boxes, aspect_ratio=0.75)
         offset = np.abs(result["keypoints"][~peaked] - np.broadcast_to(center[:, None], seed_kp.shape)[~peaked])
         assert (offset <= np.broadcast_to(size[:, None], seed_kp.shape)[~peaked] / 2 + 1e-3).all()

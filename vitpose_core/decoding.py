@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .crops import boxes_to_center_scale
 
 BLURS = ("original", "transformers", "none")
+MAX_STEP = 1.0  # heatmap pixels a DARK step may move the argmax
 
 
 def decode_heatmaps(
@@ -80,9 +81,12 @@ def refine_peaks(heatmaps: torch.Tensor, blur: str = "original") -> tuple[torch.
     ox = (dyy * gx - dxy * gy) / det
     oy = (dxx * gy - dxy * gx) / det
     offset = torch.stack([ox, oy], dim=-1)
-    # A peak at or under the 0.001 floor sits in a log-map clamped flat: the step there is noise over eps (or not
-    # finite), so keep the argmax. Elsewhere the step is ViTPose's, unbounded, to match the references.
-    valid = torch.isfinite(offset).all(dim=-1, keepdim=True) & (scores > 0.001).unsqueeze(-1)
+    # The true maximum lies within half a pixel of the argmax, so a Newton step longer than a pixel means the
+    # quadratic fit failed (flat or saddle neighbourhood; a peak under the 0.001 floor is clamped flat). The
+    # references take such steps anyway -- up to 100+ heatmap px on noisy maps, far outside the crop; we keep the
+    # argmax instead. Steps within a pixel are the references' exactly.
+    valid = (torch.isfinite(offset) & (offset.abs() <= MAX_STEP)).all(dim=-1, keepdim=True) \
+        & (scores > 0.001).unsqueeze(-1)
     offset = torch.where(valid, offset, torch.zeros_like(offset))
     coords = torch.stack([px, py], dim=-1).float() - offset
     return coords, scores

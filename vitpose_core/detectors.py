@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,7 +73,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .hub import hub_snapshot, one_line
+from .hub import copy_remote, hub_snapshot, one_line
 
 __all__ = [
     "Detector",
@@ -353,6 +354,14 @@ def load_detector(
             ) from None
         if not 0.0 <= score_threshold <= 1.0:
             raise DetectorError(f"detector {name!r}: score_threshold must lie in [0, 1], got {score_threshold}")
+    if "://" in name and not name.startswith("file://"):
+        # Object storage (s3://, gs://, ...): a local copy for the session / transformers to load from.
+        with tempfile.TemporaryDirectory(prefix="vitpose-detector-") as tmp:
+            try:
+                local_copy = copy_remote(name, tmp)
+            except Exception as exc:  # noqa: BLE001 - missing object, no credentials, unreachable endpoint
+                raise DetectorError(f"detector {name!r}: cannot fetch it ({one_line(exc)})") from None
+            return load_detector(local_copy, device, score_threshold, **options)
     local = Path(name[len("file://"):] if name.startswith("file://") else name).expanduser()
     if local.is_dir():
         return load_hf(local, name, device, score_threshold, options)

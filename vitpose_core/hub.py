@@ -25,3 +25,18 @@ def hub_snapshot(repo_id: str, patterns: list[str], error: type[ValueError], wha
             f"{what} {repo_id!r}: cannot download it from the Hugging Face hub ({one_line(exc, 160)}); "
             f"pass {instead} instead"
         ) from None
+
+
+def copy_remote(uri: str, dest: str | Path) -> Path:
+    """Copy the file or folder at fsspec `uri` (s3://, gs://, ...) into the local folder `dest`; returns its copy."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    target = Path(dest) / (Path(path.rstrip("/")).name or "remote")
+    if fs.isdir(path):
+        fs.get(path.rstrip("/") + "/", str(target), recursive=True)
+    elif fs.isfile(path):
+        fs.get(path, str(target))
+    else:
+        raise FileNotFoundError(uri)
+    return target

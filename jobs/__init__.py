@@ -1,0 +1,1 @@
+"""Ray Data jobs and the `vitpose-batch` command line."""

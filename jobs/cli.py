@@ -1,0 +1,119 @@
+"""`vitpose-batch`: annotate images with keypoints, evaluate them, export and render them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from jobs.annotate import DEFAULT_DETECTOR, DEFAULT_MODEL, AnnotateOptions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitpose-batch", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    annotate = commands.add_parser("annotate", help="put keypoints on every image of INPUT, rows under OUTPUT")
+    annotate.add_argument("input", help="folder / prefix / glob of images, .tar or Parquet shards, or a COCO JSON")
+    annotate.add_argument("output", help="folder or prefix receiving Parquet part files")
+    annotate.add_argument("--model", default=DEFAULT_MODEL,
+                          help="ViTPose: HF folder (or its s3:// / gs:// URI), original .pth, or hub id")
+    boxes = annotate.add_mutually_exclusive_group()
+    boxes.add_argument("--detector", default=DEFAULT_DETECTOR,
+                       help="person detector: YOLOX / RTMDet .onnx, transformers folder, or hub id")
+    boxes.add_argument("--boxes", help="person boxes instead of a detector: COCO annotations or detection results")
+    annotate.add_argument("--image-root", help="where a COCO JSON INPUT's file_name entries live")
+    annotate.add_argument("--image-column", help="Parquet shards: the column holding encoded image bytes")
+    annotate.add_argument("--flip-test", action="store_true", help="average with mirrored crops")
+    annotate.add_argument("--dataset-index", type=int, help="ViTPose++ dataset (0 COCO ... 5 COCO-WholeBody)")
+    annotate.add_argument("--batch-size", type=int, default=16, help="images per actor call (default 16)")
+    annotate.add_argument("--crops-per-forward", type=int, help="crops per model forward (default 8 CPU, 64 GPU)")
+    annotate.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else Ray in-process)")
+    annotate.add_argument("--coco-json", help="also write COCO keypoint results to this file")
+    annotate.add_argument("--device", default="auto", help="auto (cuda when the cluster has GPUs), cpu, cuda")
+    annotate.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="model precision (default fp32)")
+    annotate.add_argument("--actors", type=int, help="pose actors at most (default: one per GPU, or CPUs allow)")
+    annotate.add_argument("--cpus-per-actor", type=float, help="CPUs each pose actor asks for")
+
+    export = commands.add_parser("export-coco", help="annotate output -> COCO results or a COCO dataset")
+    export.add_argument("predictions", help="annotate OUTPUT (folder / prefix) or one .parquet file")
+    export.add_argument("output_json")
+    export.add_argument("--format", choices=["results", "dataset"], default="results",
+                        help="results: [{image_id, keypoints, score}]; dataset: images + annotations + categories")
+    export.add_argument("--min-person-score", type=float, default=0.0, help="leave out persons scored below")
+    export.add_argument("--min-keypoint-score", type=float, default=0.0,
+                        help="dataset format: keypoints scored below are exported unlabelled (v=0)")
+
+    render = commands.add_parser("render", help="draw keypoints and skeletons on a sample of annotated images")
+    render.add_argument("predictions")
+    render.add_argument("outdir")
+    render.add_argument("--sample", type=int, default=16, help="how many images (default 16)")
+    render.add_argument("--seed", type=int, default=0)
+    render.add_argument("--min-person-score", type=float, default=0.0)
+    render.add_argument("--keypoint-threshold", type=float, default=0.3)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line and a non-zero status
+        print(f"vitpose-batch {args.command}: error: {one_line_reason(exc)}", file=sys.stderr)
+        return 2
+
+
+def one_line_reason(exc: BaseException) -> str:
+    """The user-facing reason: a Ray task failure is reported by its cause, not Ray's traceback."""
+    cause = getattr(exc, "cause", None)
+    while isinstance(cause, BaseException) and getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    known = isinstance(exc, (ValueError, FileNotFoundError, PermissionError))
+    return text if known else f"{type(exc).__name__}: {text}"
+
+
+def annotate_command(args: argparse.Namespace) -> int:
+    from jobs.annotate import run_annotate
+
+    options = AnnotateOptions(
+        input=args.input, output=args.output, model=args.model,
+        detector=None if args.boxes else args.detector, boxes=args.boxes, image_root=args.image_root,
+        image_column=args.image_column, flip_test=args.flip_test, dataset_index=args.dataset_index,
+        batch_size=args.batch_size, crops_per_forward=args.crops_per_forward, ray_address=args.ray_address,
+        coco_json=args.coco_json, device=args.device, dtype=args.dtype, actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+    )
+    summary = run_annotate(options)
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from jobs.export import export_coco
+
+    stats = export_coco(args.predictions, args.output_json, fmt=args.format,
+                        min_person_score=args.min_person_score, min_keypoint_score=args.min_keypoint_score)
+    print(json.dumps(stats, default=str))
+    return 0
+
+
+def render_command(args: argparse.Namespace) -> int:
+    from jobs.render import render
+
+    written = render(args.predictions, args.outdir, sample=args.sample, seed=args.seed,
+                     min_person_score=args.min_person_score, keypoint_threshold=args.keypoint_threshold)
+    print(f"rendered {len(written)} images into {args.outdir}")
+    return 0
+
+
+COMMANDS = {"annotate": annotate_command, "export-coco": export_command, "render": render_command}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

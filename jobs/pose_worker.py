@@ -1,0 +1,77 @@
+"""The pose stage: a Ray actor that loads the detector and ViTPose once, then turns decoded batches into rows."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from jobs.decode import pixels_of
+from schemas.predictions import make_table, persons_from_result
+
+log = logging.getLogger(__name__)
+
+
+class PoseWorker:
+    """Callable class for `map_batches(..., compute=ActorPoolStrategy)`: DECODED rows -> PREDICTION rows."""
+
+    def __init__(self, model: str, detector: str | None, device: str, dtype: str | None, flip_test: bool,
+                 dataset_index: int | None, crops_per_forward: int | None, threads: int | None) -> None:
+        import torch
+
+        import vitpose_core as vc
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = device
+        self.dataset_index = dataset_index
+        pose_model = vc.load_pose_model(model, device=device, dtype=dtype)
+        self.detector = vc.load_detector(detector, device=device) if detector else None
+        self.estimator = vc.PoseEstimator(
+            pose_model, detector=self.detector, flip_test=flip_test, device=device, batch_size=crops_per_forward
+        )
+        fault = os.environ.get("VITPOSE_TEST_KILL_AFTER")  # test-only fault hook: die once after N batches
+        self.kill_after = int(fault) if fault else None
+        self.batches = 0
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self.maybe_die()
+        rows = batch.to_pylist()
+        persons: list[list[dict]] = [[] for _ in rows]
+        errors = [row["error"] for row in rows]
+        good = [i for i, row in enumerate(rows) if row["error"] is None]
+        try:
+            self.estimate(rows, good, persons)
+        except Exception as exc:  # noqa: BLE001 - isolate the image that broke the batch, keep the others
+            log.warning("batch failed (%s); retrying image by image", exc)
+            for i in good:
+                try:
+                    self.estimate(rows, [i], persons)
+                except Exception as single:  # noqa: BLE001
+                    errors[i] = f"pose estimation failed: {type(single).__name__}: {single}"
+        return make_table(
+            [r["image_uri"] for r in rows], [r["image_id"] for r in rows],
+            [r["width"] for r in rows], [r["height"] for r in rows], persons, errors,
+        )
+
+    def estimate(self, rows: list[dict], indices: list[int], persons: list[list[dict]]) -> None:
+        if not indices:
+            return
+        images = [pixels_of(rows[i]["pixels"], rows[i]["width"], rows[i]["height"]) for i in indices]
+        given = [rows[i]["boxes"] is not None for i in indices]
+        boxes = [np.asarray(rows[i]["boxes"], np.float32).reshape(-1, 4) for i in indices] if all(given) else None
+        scores = [np.asarray(rows[i]["box_scores"], np.float32) for i in indices] if all(given) else None
+        results = self.estimator(images, boxes=boxes, box_scores=scores, dataset_index=self.dataset_index)
+        for i, result in zip(indices, results):
+            persons[i] = persons_from_result(result)
+
+    def maybe_die(self) -> None:
+        if self.kill_after is None:
+            return
+        marker = os.environ.get("VITPOSE_TEST_KILL_MARKER", "")
+        if self.batches >= self.kill_after and marker and not os.path.exists(marker):
+            open(marker, "w").close()  # only the first actor to get here dies; the restarted one carries on
+            os._exit(1)
+        self.batches += 1

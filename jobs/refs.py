@@ -1,0 +1,58 @@
+"""Checks a job makes before it starts Ray: the model, detector and OUTPUT can be used (one-line errors if not)."""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from pathlib import Path
+
+import fsspec
+
+from vitpose_core.checkpoints import HUB_ID, CheckpointError
+from vitpose_core.detectors import DetectorError
+from vitpose_core.hub import hub_snapshot, one_line
+
+
+def exists(ref: str) -> bool:
+    if Path(ref.removeprefix("file://")).expanduser().exists():
+        return True
+    if "://" in ref:
+        try:
+            fs, path = fsspec.core.url_to_fs(ref)
+            return fs.exists(path)
+        except Exception:  # noqa: BLE001 - unreachable storage is reported as not found, with the ref
+            return False
+    return False
+
+
+def check_model_ref(ref: str) -> None:
+    """The ref names something loadable: a local/remote file or folder, or a hub repo we can reach."""
+    if exists(ref):
+        return
+    if "://" not in ref and HUB_ID.match(ref):
+        hub_snapshot(ref, ["config.json"], CheckpointError, "model",
+                     "--model with a local folder, an original .pth, or an s3:// / gs:// folder")
+        return
+    raise CheckpointError(f"model {ref!r} not found")
+
+
+def check_detector_ref(ref: str) -> None:
+    if exists(ref):
+        return
+    if "://" not in ref and HUB_ID.match(ref) and not ref.endswith(".onnx"):
+        hub_snapshot(ref, ["config.json"], DetectorError, "detector",
+                     "--detector with a local .onnx file or transformers folder, or --boxes FILE")
+        return
+    raise DetectorError(f"detector {ref!r} not found")
+
+
+def check_output_writable(output: str) -> None:
+    """Create OUTPUT if needed and prove a file can be written there."""
+    try:
+        fs, path = fsspec.core.url_to_fs(output)
+        fs.makedirs(path, exist_ok=True)
+        probe = posixpath.join(path, f".write-test-{uuid.uuid4().hex}")
+        fs.pipe_file(probe, b"")
+        fs.rm(probe)
+    except Exception as exc:  # noqa: BLE001 - permission, missing bucket, bad URL: one answer
+        raise ValueError(f"output {output!r} is not writable: {one_line(exc)}") from None

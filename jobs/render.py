@@ -1,0 +1,180 @@
+"""Look at predictions: draw a random sample of annotated images with their poses, as JPEGs.
+
+The rows are streamed one part file at a time and a reservoir sample (Algorithm R, seeded) of the rows without an
+error is kept, so any number of rows costs the memory of `sample` rows. Each sampled image is read again from its
+`image_uri`:
+
+* a plain image file or URL: read through fsspec;
+* `<shard>.tar#<member>` (WebDataset): the member read with `tarfile` over an fsspec file handle;
+* `<shard>.parquet#<row>`: that row of the shard's single binary column (a shard with none or several binary columns
+  cannot be read, and says so).
+
+An image that cannot be read or drawn is skipped with a warning (logger `jobs.render`), never a crash.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+import random
+import tarfile
+from collections.abc import Iterable
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageOps
+
+from jobs.export import check_predictions
+from jobs.storage import iter_prediction_tables, open_filesystem
+from schemas.coco import PredictionRow, image_name, iter_prediction_rows, split_image_uri
+from vitpose_core.drawing import draw_poses
+
+logger = logging.getLogger(__name__)
+
+JPEG_QUALITY = 90
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading images back
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _tar_member_bytes(shard: str, member: str) -> bytes:
+    with fsspec.open(shard, "rb") as handle, tarfile.open(fileobj=handle, mode="r:*") as tar:
+        try:
+            info = tar.getmember(member)
+        except KeyError:
+            raise FileNotFoundError(f"{shard} has no member {member!r}") from None
+        extracted = tar.extractfile(info)
+        if extracted is None:
+            raise ValueError(f"{shard}: member {member!r} is not a regular file")
+        return extracted.read()
+
+
+def _binary_column(schema: pa.Schema, shard: str) -> str:
+    names = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if len(names) != 1:
+        found = f"{len(names)} ({', '.join(names)})" if names else "none"
+        raise ValueError(f"parquet shard {shard} must have exactly one binary (image bytes) column; found {found}")
+    return names[0]
+
+
+def _parquet_row_bytes(shard: str, row_text: str) -> bytes:
+    try:
+        row = int(row_text)
+    except ValueError:
+        raise ValueError(f"{shard}#{row_text}: the part after '#' must be a row index") from None
+    with fsspec.open(shard, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        column = _binary_column(parquet.schema_arrow, shard)
+        start = 0
+        for group in range(parquet.num_row_groups):
+            rows = parquet.metadata.row_group(group).num_rows
+            if start <= row < start + rows:
+                value = parquet.read_row_group(group, columns=[column]).column(0)[row - start].as_py()
+                if value is None:
+                    raise ValueError(f"{shard}#{row}: the image bytes are null")
+                return value
+            start += rows
+    raise FileNotFoundError(f"{shard} has {start} rows, no row {row}")
+
+
+def read_image_bytes(image_uri: str) -> bytes:
+    """The encoded bytes of the image behind `image_uri` (plain file, tar member or Parquet row)."""
+    base, member, kind = split_image_uri(image_uri)
+    if kind == "tar":
+        return _tar_member_bytes(base, member)
+    if kind == "parquet":
+        return _parquet_row_bytes(base, member)
+    with fsspec.open(base, "rb") as handle:
+        return handle.read()
+
+
+def read_image(image_uri: str) -> np.ndarray:
+    """HxWx3 uint8 RGB after EXIF orientation (the frame the predictions are in)."""
+    with Image.open(io.BytesIO(read_image_bytes(image_uri))) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling and drawing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def reservoir_sample(rows: Iterable[PredictionRow], sample: int, seed: int = 0) -> list[PredictionRow]:
+    """A uniform sample of `sample` rows without an error (all of them when fewer), in stream order."""
+    rng = random.Random(seed)
+    kept: list[tuple[int, PredictionRow]] = []
+    seen = 0
+    for row in rows:
+        if row.error is not None:
+            continue
+        if len(kept) < sample:
+            kept.append((seen, row))
+        else:
+            j = rng.randrange(seen + 1)
+            if j < sample:
+                kept[j] = (seen, row)
+        seen += 1
+    return [row for _, row in sorted(kept, key=lambda item: item[0])]
+
+
+def draw_row(image: np.ndarray, row: PredictionRow, min_person_score: float, keypoint_threshold: float) -> np.ndarray:
+    """The row's persons scored >= min_person_score drawn on `image` (keypoint set chosen by K)."""
+    keep = [p for p in range(len(row.scores)) if row.scores[p] >= min_person_score]
+    if not keep:
+        return image.copy()
+    keypoints = np.stack([row.keypoints[p] for p in keep]).astype(np.float32)
+    return draw_poses(
+        image, keypoints[..., :2], keypoints[..., 2], row.boxes[keep], score_threshold=keypoint_threshold,
+    )
+
+
+def _output_name(uri: str, taken: set[str]) -> str:
+    stem = posixpath.splitext(image_name(uri))[0] or "image"
+    name, n = f"{stem}.jpg", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.jpg"
+    taken.add(name)
+    return name
+
+
+def render(
+    predictions: str,
+    outdir: str,
+    sample: int = 16,
+    seed: int = 0,
+    min_person_score: float = 0.0,
+    keypoint_threshold: float = 0.3,
+) -> list[str]:
+    """Draw `sample` randomly chosen error-free rows of `predictions` (an annotate OUTPUT or one .parquet file) and
+    write them as `<image name>.jpg` into `outdir` (local or fsspec URL, created if missing; a repeated name gets
+    `-2`, `-3`, ...). Keypoints scored > keypoint_threshold are drawn, of persons scored >= min_person_score.
+    Returns the written paths (`outdir` joined with the file names), in stream order."""
+    if sample < 0:
+        raise ValueError(f"sample must be >= 0, got {sample}")
+    check_predictions(predictions)
+    chosen = reservoir_sample(iter_prediction_rows(iter_prediction_tables(predictions)), sample, seed)
+    fs, folder = open_filesystem(outdir)
+    if chosen:
+        fs.makedirs(folder, exist_ok=True)
+    written: list[str] = []
+    taken: set[str] = set()
+    for row in chosen:
+        try:
+            image = read_image(row.image_uri)
+            canvas = draw_row(image, row, min_person_score, keypoint_threshold)
+        except Exception as exc:  # noqa: BLE001 - one bad image must not end the run
+            message = str(exc).splitlines()[0] if str(exc) else ""
+            logger.warning("render: skipped %s (%s: %s)", row.image_uri, type(exc).__name__, message)
+            continue
+        name = _output_name(row.image_uri, taken)
+        buffer = io.BytesIO()
+        Image.fromarray(canvas).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        fs.pipe_file(posixpath.join(folder, name), buffer.getvalue())
+        written.append(outdir.rstrip("/") + "/" + name)
+    return written
