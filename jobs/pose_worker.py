@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from jobs.decode import pixels_of
+from jobs.decode import decode_batch, pixels_of
 from schemas.predictions import make_table, persons_from_result
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,9 @@ class PoseWorker:
     """Callable class for `map_batches(..., compute=ActorPoolStrategy)`: DECODED rows -> PREDICTION rows."""
 
     def __init__(self, model: str, detector: str | None, device: str, dtype: str | None, flip_test: bool,
-                 dataset_index: int | None, crops_per_forward: int | None, threads: int | None) -> None:
+                 dataset_index: int | None, crops_per_forward: int | None, threads: int | None,
+                 decode: bool = False, boxes=None) -> None:
+        """decode: batches arrive undecoded (ITEM rows) and are decoded here, with `boxes` (a BoxIndex) attached."""
         import torch
 
         import vitpose_core as vc
@@ -32,12 +34,15 @@ class PoseWorker:
         self.estimator = vc.PoseEstimator(
             pose_model, detector=self.detector, flip_test=flip_test, device=device, batch_size=crops_per_forward
         )
+        self.decode, self.boxes = decode, boxes
         fault = os.environ.get("VITPOSE_TEST_KILL_AFTER")  # test-only fault hook: die once after N batches
         self.kill_after = int(fault) if fault else None
         self.batches = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.maybe_die()
+        if self.decode:
+            batch = decode_batch(batch, self.boxes)
         rows = batch.to_pylist()
         persons: list[list[dict]] = [[] for _ in rows]
         errors = [row["error"] for row in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import time
 from collections.abc import Iterable
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ class PredictionSink(Datasink):
         self.output = output
         self.run_id = run_id
         self.totals = {"images": 0, "persons": 0, "errors": 0, "files": 0}
+        self.commits: list[tuple[float, int]] = []  # (commit time, persons) per part file, for steady-state rates
 
     def write(self, blocks: Iterable, ctx) -> dict[str, int]:
         tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
@@ -32,12 +34,15 @@ class PredictionSink(Datasink):
         write_table_atomic(fs, table, posixpath.join(folder, name))
         persons = pc.sum(pc.list_value_length(table.column("persons"))).as_py() or 0
         return {"images": table.num_rows, "persons": persons,
-                "errors": table.num_rows - table.column("error").null_count, "files": 1}
+                "errors": table.num_rows - table.column("error").null_count, "files": 1, "at": time.time()}
 
     def on_write_complete(self, write_result) -> None:
         for counts in write_result.write_returns:
-            for key, value in counts.items():
-                self.totals[key] += value
+            for key in self.totals:
+                self.totals[key] += counts.get(key, 0)
+            if "at" in counts:
+                self.commits.append((counts["at"], counts["persons"]))
+        self.commits.sort()
 
     def get_name(self) -> str:
         return "VitPosePredictions"

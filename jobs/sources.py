@@ -101,7 +101,7 @@ def list_coco(fs: fsspec.AbstractFileSystem, path: str, input_uri: str, image_ro
 ITEM_SCHEMA = pa.schema([("image_uri", pa.string()), ("image_id", pa.int64()), ("data", pa.large_binary())])
 
 
-def read_dataset(listing: Listing, finished: set[str], blocks: int, image_column: str | None = None):
+def read_dataset(listing: Listing, finished: set[str], rows_per_block: int, image_column: str | None = None):
     """A Ray Dataset of ITEM_SCHEMA rows for the listing, less the images a previous run finished.
 
     Files are listed here, so finished ones are dropped before anything is read; shard members are only known once
@@ -115,7 +115,8 @@ def read_dataset(listing: Listing, finished: set[str], blocks: int, image_column
             {"image_uri": list(pairs), "image_id": list(pairs.values()), "data": [None] * len(pairs)},
             schema=ITEM_SCHEMA,
         )
-        return ray.data.from_arrow(table).repartition(max(1, min(len(pairs), blocks)))
+        # Blocks of exactly one actor batch: a block of 20 for batches of 16 would cost a 4-image call too.
+        return ray.data.from_arrow(table).repartition(max(1, -(-len(pairs) // rows_per_block)))
     if listing.kind == "tar":
         fs, _ = fsspec.core.url_to_fs(listing.uris[0])
         ds = ray.data.read_webdataset(
