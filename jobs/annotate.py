@@ -8,6 +8,7 @@ Resume: a re-run of the same command reads which images OUTPUT already holds and
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -94,6 +95,7 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
 
     remove_stale_temporaries(opts.output)
     finished = finished_uris(opts.output)
+    write_job_record(opts)
     summary = Summary(skipped=len(finished))
     if listing.kind == "files" and not set(listing.uris) - finished:
         log.info("every image of %s is already in %s: nothing to do", opts.input, opts.output)
@@ -144,6 +146,14 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
 
         summary.extra["coco_json"] = export_coco(opts.output, opts.coco_json, fmt="results")
     return summary
+
+
+def write_job_record(opts: AnnotateOptions) -> None:
+    """`_job.json` in OUTPUT: what made these rows (evaluate reports the detector's box AP from it)."""
+    fs, folder = open_filesystem(opts.output)
+    record = {"model": opts.model, "detector": None if opts.boxes else opts.detector, "boxes": opts.boxes,
+              "flip_test": opts.flip_test, "dataset_index": opts.dataset_index, "input": opts.input}
+    fs.pipe_file(f"{folder}/_job.json", json.dumps(record, indent=2).encode())
 
 
 def connect(address: str | None) -> None:

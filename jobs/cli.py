@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--actors", type=int, help="pose actors at most (default: one per GPU, or CPUs allow)")
     annotate.add_argument("--cpus-per-actor", type=float, help="CPUs each pose actor asks for")
 
+    evaluate = commands.add_parser("evaluate", help="COCO keypoint AP of predictions against a COCO ground truth")
+    evaluate.add_argument("predictions", help="annotate OUTPUT (folder / prefix / .parquet) or a COCO results JSON")
+    evaluate.add_argument("--ground-truth", required=True, help="COCO keypoints annotation file")
+    evaluate.add_argument("--raw", action="store_true",
+                          help="score the predictions as given (pycocotools' COCOeval), without ViTPose's protocol")
+    evaluate.add_argument("--output", help="also write the metrics as JSON here")
+
     export = commands.add_parser("export-coco", help="annotate output -> COCO results or a COCO dataset")
     export.add_argument("predictions", help="annotate OUTPUT (folder / prefix) or one .parquet file")
     export.add_argument("output_json")
@@ -94,6 +101,19 @@ def annotate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_command(args: argparse.Namespace) -> int:
+    import fsspec
+
+    from jobs.evaluate import evaluate, format_table
+
+    report = evaluate(args.predictions, args.ground_truth, raw=args.raw)
+    print(format_table(report))
+    if args.output:
+        with fsspec.open(args.output, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return 0
+
+
 def export_command(args: argparse.Namespace) -> int:
     from jobs.export import export_coco
 
@@ -112,7 +132,8 @@ def render_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"annotate": annotate_command, "export-coco": export_command, "render": render_command}
+COMMANDS = {"annotate": annotate_command, "evaluate": evaluate_command, "export-coco": export_command,
+            "render": render_command}
 
 
 if __name__ == "__main__":

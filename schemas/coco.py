@@ -458,13 +458,15 @@ class _Known(NamedTuple):
 
     raw_scores: list[float]
     scores: list[float]
+    box_scores: list[float]
     boxes: list[list[float]]
     keypoint_offsets: list[int]
 
 
 def _known(b: _Batch) -> _Known:
     return _Known(b.scores.astype(np.float64).tolist(), _rounded(b.scores, SCORE_DECIMALS).tolist(),
-                  _rounded(b.boxes, COORD_DECIMALS).tolist(), b.keypoint_offsets.tolist())
+                  _rounded(b.box_scores, SCORE_DECIMALS).tolist(), _rounded(b.boxes, COORD_DECIMALS).tolist(),
+                  b.keypoint_offsets.tolist())
 
 
 def _image_id(b: _Batch, r: int) -> int | None:
@@ -477,7 +479,7 @@ def coco_results(
     min_person_score: float = 0.0,
     stats: ExportStats | None = None,
 ) -> Iterator[dict]:
-    """COCO keypoint results, one dict per person: `{image_id, category_id: 1, keypoints, score, bbox}`.
+    """COCO keypoint results, one dict per person: `{image_id, category_id: 1, keypoints, score, bbox, box_score}`.
 
     Rows with an error, rows without an image id (`image_id_of`) and repeats of an image id already converted are
     skipped; persons with score < min_person_score are left out. Pass an `ExportStats` to get the counts (filled
@@ -517,6 +519,7 @@ def coco_results(
                     "keypoints": flat[3 * known.keypoint_offsets[p]:3 * known.keypoint_offsets[p + 1]],
                     "score": known.scores[p],
                     "bbox": known.boxes[p],
+                    "box_score": known.box_scores[p],  # the detector's; rescoring (evaluate) starts from it
                 }
 
 

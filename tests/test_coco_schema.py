@@ -155,7 +155,7 @@ def test_ground_truth_results_score_ap_1(name):
     assert len(results) == expected_persons > 0
     assert stats.images == len(rows) and stats.persons == expected_persons and stats.rows == len(rows)
     first = results[0]
-    assert set(first) == {"image_id", "category_id", "keypoints", "score", "bbox"}
+    assert set(first) == {"image_id", "category_id", "keypoints", "score", "bbox", "box_score"}
     assert first["category_id"] == 1 and len(first["keypoints"]) == 51 and len(first["bbox"]) == 4
     # through the JSON writer and back, as a results file would be
     buffer = io.BytesIO()

@@ -1,0 +1,194 @@
+"""Evaluation stage: COCO keypoint AP of predictions against a COCO ground truth, with pycocotools.
+
+Protocols:
+  * default, ViTPose's: person score = box score x mean of the keypoint scores above 0.2, then OKS-NMS per image at
+    0.9 with the dataset's sigmas (OKS areas from the padded person box, as mmpose computes them), then COCOeval;
+  * raw (`--raw`): the predictions exactly as given, scored by COCOeval as pycocotools would run it directly.
+
+PREDICTIONS is an annotate OUTPUT (Parquet, local or object storage) or a COCO keypoint results JSON. Predictions for
+images the ground truth does not have are counted, reported and left out; ground-truth images without predictions
+count as misses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from collections import defaultdict
+
+import fsspec
+import numpy as np
+
+from jobs.storage import iter_prediction_tables, open_filesystem
+from schemas.coco import coco_results
+from vitpose_core.crops import boxes_to_center_scale
+from vitpose_core.decoding import rescore
+from vitpose_core.keypoint_sets import get_keypoint_set
+
+METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+BOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+KEYPOINT_THRESHOLD = 0.2
+OKS_THRESHOLD = 0.9
+
+
+def oks(reference: np.ndarray, others: np.ndarray, reference_area: float, other_areas: np.ndarray,
+        sigmas: np.ndarray) -> np.ndarray:
+    """Object keypoint similarity of one pose (K, 3) with each of `others` (n, K, 3), areas as COCO defines OKS."""
+    variances = (2 * sigmas) ** 2
+    squared = ((others[..., :2] - reference[None, :, :2]) ** 2).sum(-1)  # (n, K)
+    scale = (reference_area + other_areas)[:, None] / 2 + np.spacing(1)
+    return np.exp(-squared / variances[None] / scale / 2).mean(axis=1)
+
+
+def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, sigmas: np.ndarray,
+            threshold: float = OKS_THRESHOLD) -> list[int]:
+    """Greedy NMS by OKS: keep the best-scored pose, drop those with OKS above `threshold` to it, repeat."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(int(best))
+        if rest.size == 0:
+            break
+        similarity = oks(keypoints[best], keypoints[rest], areas[best], areas[rest], sigmas)
+        order = rest[similarity <= threshold]
+    return keep
+
+
+def padded_box_areas(boxes: np.ndarray) -> np.ndarray:
+    """Area of each person's crop region (aspect-fixed, padded by 1.25): the area mmpose's OKS-NMS uses."""
+    _, size = boxes_to_center_scale(boxes, aspect_ratio=192 / 256)
+    return (size[:, 0] * size[:, 1]).astype(np.float64)
+
+
+def vitpose_protocol(results: list[dict], sigmas: np.ndarray) -> list[dict]:
+    """Rescore and OKS-NMS the results of each image (see the module docstring); returns the kept results."""
+    by_image: dict[int, list[dict]] = defaultdict(list)
+    for r in results:
+        by_image[r["image_id"]].append(r)
+    kept = []
+    for image_results in by_image.values():
+        keypoints = np.array([r["keypoints"] for r in image_results], np.float64).reshape(len(image_results), -1, 3)
+        box_scores = np.array([r.get("box_score", r["score"]) for r in image_results], np.float64)
+        scores = rescore(box_scores, keypoints[..., 2], KEYPOINT_THRESHOLD).astype(np.float64)
+        if all("bbox" in r for r in image_results):
+            areas = padded_box_areas(np.array([r["bbox"] for r in image_results], np.float32))
+        else:  # a results file without boxes: the keypoints' extent, as pycocotools itself would take it
+            extent = keypoints[..., :2].max(1) - keypoints[..., :2].min(1)
+            areas = extent[:, 0] * extent[:, 1]
+        for i in oks_nms(keypoints, scores, areas, sigmas):
+            kept.append(dict(image_results[i], score=float(scores[i])))
+    return kept
+
+
+def load_results(predictions: str) -> tuple[list[dict], dict]:
+    """COCO keypoint results from an annotate OUTPUT or a results JSON, plus the job record (`_job.json`) if any."""
+    fs, path = open_filesystem(predictions)
+    if path.endswith(".json"):
+        with fs.open(path, "rb") as handle:
+            results = json.load(handle)
+        if not isinstance(results, list) or not all(isinstance(r, dict) and "keypoints" in r for r in results):
+            raise ValueError(f"predictions {predictions!r}: a results JSON must be a list of "
+                             "{image_id, keypoints, score} objects")
+        return results, {}
+    results = list(coco_results(iter_prediction_tables(predictions)))
+    job = {}
+    record = path.rstrip("/") + "/_job.json"
+    if fs.exists(record):
+        with fs.open(record, "rb") as handle:
+            job = json.load(handle)
+    if not results and not fs.exists(path):
+        raise ValueError(f"predictions {predictions!r} not found")
+    return results, job
+
+
+def run_cocoeval(ground_truth, results: list[dict], iou_type: str, sigmas: np.ndarray | None = None) -> np.ndarray:
+    """COCOeval stats over every ground-truth image (images without predictions count as misses)."""
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        detections = ground_truth.loadRes(copy.deepcopy(results)) if results else None
+        if detections is None:
+            return np.zeros(10)
+        evaluator = COCOeval(ground_truth, detections, iou_type)
+        evaluator.params.imgIds = sorted(ground_truth.getImgIds())
+        if sigmas is not None and iou_type == "keypoints":
+            evaluator.params.kpt_oks_sigmas = sigmas
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return np.asarray(evaluator.stats, dtype=np.float64)
+
+
+def load_ground_truth(uri: str):
+    from pycocotools.coco import COCO
+
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise ValueError(f"ground truth {uri!r} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"ground truth {uri!r}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
+        raise ValueError(f"ground truth {uri!r}: a COCO file needs images, annotations and categories")
+    ground_truth = COCO()
+    ground_truth.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth.createIndex()
+    return ground_truth
+
+
+def evaluate(predictions: str, ground_truth: str, raw: bool = False) -> dict:
+    """Keypoint AP / AR (and the detector's box AP when a detector made the boxes) as a dict."""
+    gt = load_ground_truth(ground_truth)
+    results, job = load_results(predictions)
+    known = set(gt.getImgIds())
+    unknown = [r for r in results if r.get("image_id") not in known]
+    results = [r for r in results if r.get("image_id") in known]
+    num_keypoints = len(results[0]["keypoints"]) // 3 if results else 17
+    sigmas = np.asarray(get_keypoint_set(None if num_keypoints == 17 else "coco_wholebody"
+                                         if num_keypoints == 133 else None, num_keypoints=num_keypoints).sigmas)
+    # raw: the results untouched (a bbox in them sets their area in pycocotools' loadRes). ViTPose's protocol writes
+    # {image_id, category_id, keypoints, score} only, so areas come from the keypoints' extent.
+    scored = results if raw else [strip(r) for r in vitpose_protocol(results, sigmas)]
+    # pycocotools' own default sigmas are COCO's; pass ours only for other keypoint sets
+    stats = run_cocoeval(gt, scored, "keypoints", None if num_keypoints == 17 else sigmas)
+    report = {name: float(value) for name, value in zip(METRICS, stats)}
+    report.update({
+        "protocol": "raw" if raw else "vitpose",
+        "predictions": len(results),
+        "predictions_kept": len(scored),
+        "predictions_for_unknown_images": len(unknown),
+        "ground_truth_images": len(known),
+        "images_with_predictions": len({r["image_id"] for r in results}),
+    })
+    if job.get("detector") and results and all("bbox" in r for r in results):
+        boxes = [{"image_id": r["image_id"], "category_id": 1, "bbox": r["bbox"],
+                  "score": float(r.get("box_score", r["score"]))} for r in results]
+        box_stats = run_cocoeval(gt, boxes, "bbox")
+        report["detector"] = job["detector"]
+        report["detector_box"] = {name: float(v) for name, v in zip(BOX_METRICS, box_stats)}
+    return report
+
+
+def strip(result: dict) -> dict:
+    """What COCOeval reads of a keypoint result (it derives bbox and area from the keypoints itself)."""
+    return {"image_id": result["image_id"], "category_id": result.get("category_id", 1),
+            "keypoints": result["keypoints"], "score": result["score"]}
+
+
+def format_table(report: dict) -> str:
+    header = " ".join(f"{name:>6}" for name in METRICS)
+    values = " ".join(f"{report[name]:6.3f}" for name in METRICS)
+    lines = [f"keypoints ({report['protocol']} protocol)", header, values]
+    if "detector_box" in report:
+        lines += [f"person boxes ({report['detector']})",
+                  " ".join(f"{n:>6}" for n in BOX_METRICS),
+                  " ".join(f"{report['detector_box'][n]:6.3f}" for n in BOX_METRICS)]
+    lines.append(f"{report['predictions']} predictions on {report['images_with_predictions']} of "
+                 f"{report['ground_truth_images']} ground-truth images; "
+                 f"{report['predictions_for_unknown_images']} for images not in the ground truth (left out)")
+    return "\n".join(lines)
