@@ -80,8 +80,8 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
 
     from jobs.refs import check_detector_ref, check_model_ref, check_output_writable
 
+    # Everything that can be checked is checked before OUTPUT is touched: a refused run leaves nothing behind.
     listing = list_input(opts.input, image_root=opts.image_root, image_column=opts.image_column)
-    check_output_writable(opts.output)
     check_model_ref(opts.model)
     box_index = None
     if opts.boxes:
@@ -92,6 +92,7 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
         check_detector_ref(opts.detector)
     else:
         raise ValueError("no person boxes: pass --detector REF or --boxes FILE")
+    check_output_writable(opts.output)
 
     remove_stale_temporaries(opts.output)
     finished = finished_uris(opts.output)

@@ -70,7 +70,10 @@ class PoseEstimator:
         box_scores: Sequence[np.ndarray] | None = None,
         dataset_index: int | None = None,
     ) -> list[dict[str, np.ndarray]]:
-        """Keypoints for every person of every image; see the module docstring."""
+        """Keypoints for every person of every image; see the module docstring.
+
+        Boxes that cannot be cropped (zero or negative size, wholly outside the image) are left out of the results.
+        """
         images = [check_image(image, i) for i, image in enumerate(images)]
         if boxes is None:
             if self.detector is None:
@@ -87,6 +90,9 @@ class PoseEstimator:
         for i, (b, s) in enumerate(zip(boxes, box_scores)):
             if len(b) != len(s):
                 raise ValueError(f"image {i}: {len(b)} boxes but {len(s)} box scores")
+        keep = [usable_boxes(b, image.shape[:2]) for b, image in zip(boxes, images)]
+        boxes = [b[k] for b, k in zip(boxes, keep)]
+        box_scores = [s[k] for s, k in zip(box_scores, keep)]
 
         keypoints, keypoint_scores = self.estimate(images, boxes, dataset_index)
         results, start = [], 0
@@ -193,6 +199,13 @@ def check_image(image: Any, index: int) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image {index}: expected an HxWx3 uint8 RGB array, got {image.dtype} {image.shape}")
     return np.ascontiguousarray(image)
+
+
+def usable_boxes(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """Mask of boxes a crop can be taken from: positive width and height, overlapping the image at all."""
+    height, width = image_hw
+    x, y, w, h = boxes.T
+    return (w > 0) & (h > 0) & (x < width) & (y < height) & (x + w > 0) & (y + h > 0)
 
 
 def check_boxes(boxes: Any, index: int) -> np.ndarray:
