@@ -6,13 +6,11 @@ import io
 import json
 import os
 import posixpath
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,6 +26,7 @@ from jobs.storage import iter_prediction_tables
 from schemas.predictions import person_arrays
 from tests import checkpoint_factory as factory
 from tests import coco_data
+from tests.ray_cluster import local_cluster
 from tests.shared_data import shared_path
 from vitpose_core.crops import boxes_to_center_scale
 
@@ -181,46 +180,17 @@ def write_detection_results(path: Path, gts) -> None:
     path.write_text(json.dumps(results))
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_node_cluster_through_ray_address(tmp_path, tiny_model):
     """`ray start --head` plus a second node with its own CPUs on this machine; the job joins via --ray-address."""
-    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    port = free_port()
-    # Ray 2.60 heads require token auth: one token for the head, the worker node and the job's driver.
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    common = ["--disable-usage-stats"]
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's Unix socket paths must stay under 108 bytes
-    try:
-        subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-                        "--include-dashboard=false", f"--temp-dir={temp}", *common],
-                       check=True, env=env, capture_output=True, timeout=120)
-        subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
-                        "--node-ip-address=127.0.0.1", *common],
-                       check=True, env=env, capture_output=True, timeout=120)
-        deadline = time.time() + 90
-        while "/3.0 CPU" not in (status := subprocess.run(
-                [ray_bin, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True, text=True
-        ).stdout) and time.time() < deadline:
-            time.sleep(1)
-        assert "/3.0 CPU" in status, f"the second node never joined:\n{status}"
-        gts = coco_data.load("coco-val-4")
-        output = tmp_path / "out"
+    gts = coco_data.load("coco-val-4")
+    output = tmp_path / "out"
+    with local_cluster(head_cpus=1, worker_cpus=[2]) as cluster:
         subprocess.run([sys.executable, "-m", "jobs.cli", "annotate", str(coco_data.image_folder("coco-val-4")),
                         str(output), "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-val-4")),
-                        "--ray-address", f"127.0.0.1:{port}"],
-                       check=True, env=env, timeout=300, cwd=Path(__file__).resolve().parents[1])
-        rows = by_name(read_rows(str(output)))
-        assert_rows_match(rows, gts, in_process(tiny_model, [g.image for g in gts], [g.boxes for g in gts]))
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
+                        "--ray-address", cluster.address],
+                       check=True, env=cluster.env, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    rows = by_name(read_rows(str(output)))
+    assert_rows_match(rows, gts, in_process(tiny_model, [g.image for g in gts], [g.boxes for g in gts]))
 
 
 def test_two_core_run_cannot_starve_its_readers(tmp_path, tiny_model):

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,11 +16,11 @@ from PIL import Image
 
 from jobs.cli import main as cli
 from jobs.decode import decode_image
-from jobs.demo_checkpoint import write_demo_checkpoint
 from jobs.storage import iter_prediction_tables
 from schemas.predictions import person_arrays
 from tests import checkpoint_factory as factory
 from tests import coco_data
+from tests.ray_cluster import local_cluster
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,6 +166,27 @@ def test_object_storage_blinks_mid_run(tmp_path, tiny_model, s3_server):
     assert all(r["error"] is None for r in rows), [r["error"] for r in rows if r["error"]][:3]
 
 
+def test_worker_node_killed_mid_run(tmp_path, tiny_model):
+    """A two-node cluster loses its worker node mid-run: Ray moves the work to the head; the job completes."""
+    output = tmp_path / "out"
+    with local_cluster(head_cpus=2, worker_cpus=[2]) as cluster:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", "annotate", str(coco_data.image_folder("coco-mini-train")),
+             str(output), "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-mini-train")),
+             "--batch-size", "2", "--actors", "2", "--cpus-per-actor", "1", "--ray-address", cluster.address],
+            cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.time() + 240
+        while time.time() < deadline and len(list(output.glob("part-*.parquet"))) < 2 and job.poll() is None:
+            time.sleep(0.2)
+        assert job.poll() is None, "the job finished before the node could be killed"
+        assert cluster.kill_worker_node() >= 1
+        out, _ = job.communicate(timeout=500)
+    assert job.returncode == 0, out[-3000:]
+    counts = Counter(r["image_uri"] for t in iter_prediction_tables(str(output)) for r in t.to_pylist())
+    assert len(counts) == 80 and set(counts.values()) == {1}
+
+
 def test_driver_memory_stays_flat(tmp_path):
     """2,000 images through the job: the driver's peak memory is that of a 200-image run (rows never reach it)."""
     model = str(tmp_path / "model")
@@ -214,4 +233,3 @@ def test_driver_memory_stays_flat(tmp_path):
     small, large = peak_rss_mb(200), peak_rss_mb(2000)
     # 10x the rows (each with 17 keypoints) would cost the driver far more than this if it held them
     assert large - small < 60, f"driver peak grew from {small:.0f} MB to {large:.0f} MB"
-    _ = (shutil, threading, write_demo_checkpoint)
