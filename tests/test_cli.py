@@ -75,7 +75,8 @@ def test_bad_command_line_input_is_one_line(tmp_path, case, annotated):
         "missing-input": [str(tmp_path / "nope"), str(tmp_path / "o"), "--model", demo, "--boxes", "x.json"],
         "empty-input": [str(tmp_path / "empty"), str(tmp_path / "o"), "--model", demo],
         "unknown-model": [images, str(tmp_path / "o"), "--model", str(tmp_path / "missing.pth")],
-        "unwritable-output": [images, str(blocker / "out"), "--model", demo],
+        "unwritable-output": [images, str(blocker / "out"), "--model", demo,
+                              "--boxes", str(coco_data.annotation_file("coco-val-4"))],
     }[case]
     result = run_cli("annotate", *args)
     assert result.returncode != 0

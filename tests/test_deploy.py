@@ -638,3 +638,13 @@ def test_hadolint():
     result = subprocess.run([binary, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60,
                             cwd=ROOT)
     assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
+
+
+def test_readme_cluster_section():
+    text = (ROOT / "README.md").read_text()
+    assert "## Running on a cluster" in text
+    section = text.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
+    for path in MANIFESTS:
+        assert f"deploy/kuberay/{path.name}" in section or path.name in section, f"README does not name {path.name}"
+    assert "`RayCronJob`" in section and "--feature-gates=RayCronJob=true" in section
+    assert "docker build -f deploy/Dockerfile" in section
