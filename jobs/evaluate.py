@@ -18,10 +18,9 @@ import io
 import json
 from collections import defaultdict
 
-import fsspec
 import numpy as np
 
-from jobs.storage import iter_prediction_tables, open_filesystem
+from jobs.storage import iter_prediction_tables, open_filesystem, read_json
 from schemas.coco import coco_results
 from vitpose_core.crops import boxes_to_center_scale
 from vitpose_core.decoding import rescore
@@ -87,8 +86,7 @@ def load_results(predictions: str) -> tuple[list[dict], dict]:
     """COCO keypoint results from an annotate OUTPUT or a results JSON, plus the job record (`_job.json`) if any."""
     fs, path = open_filesystem(predictions)
     if path.endswith(".json"):
-        with fs.open(path, "rb") as handle:
-            results = json.load(handle)
+        results = read_json(predictions, "predictions")
         if not isinstance(results, list) or not all(isinstance(r, dict) and "keypoints" in r for r in results):
             raise ValueError(f"predictions {predictions!r}: a results JSON must be a list of "
                              "{image_id, keypoints, score} objects")
@@ -97,8 +95,7 @@ def load_results(predictions: str) -> tuple[list[dict], dict]:
     job = {}
     record = path.rstrip("/") + "/_job.json"
     if fs.exists(record):
-        with fs.open(record, "rb") as handle:
-            job = json.load(handle)
+        job = read_json(fs.unstrip_protocol(record), "job record")
     if not results and not fs.exists(path):
         raise ValueError(f"predictions {predictions!r} not found")
     return results, job
@@ -125,13 +122,7 @@ def run_cocoeval(ground_truth, results: list[dict], iou_type: str, sigmas: np.nd
 def load_ground_truth(uri: str):
     from pycocotools.coco import COCO
 
-    try:
-        with fsspec.open(uri, "rb") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise ValueError(f"ground truth {uri!r} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"ground truth {uri!r}: not valid JSON ({exc})") from None
+    data = read_json(uri, "ground truth")
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
         raise ValueError(f"ground truth {uri!r}: a COCO file needs images, annotations and categories")
     ground_truth = COCO()

@@ -11,13 +11,14 @@ encoded bytes, already read). Plain files are read by the decode stage, so listi
 
 from __future__ import annotations
 
-import json
 import posixpath
 from dataclasses import dataclass
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from jobs.storage import read_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif")
 GLOB_CHARS = "*?["
@@ -77,13 +78,7 @@ def list_input(input_uri: str, image_root: str | None = None, image_column: str 
 
 
 def list_coco(fs: fsspec.AbstractFileSystem, path: str, input_uri: str, image_root: str | None) -> Listing:
-    try:
-        with fs.open(path, "rb") as handle:
-            coco = json.load(handle)
-    except FileNotFoundError:
-        raise InputError(f"input {input_uri!r} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"input {input_uri!r}: not valid JSON ({exc})") from None
+    coco = read_json(input_uri, "input", InputError)
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise InputError(f"input {input_uri!r}: a COCO JSON needs an images[] list")
     root = image_root if image_root is not None else posixpath.dirname(input_uri.rstrip("/"))

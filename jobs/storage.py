@@ -7,6 +7,7 @@ reads the `image_uri` column of the committed parts and skips those images, so n
 
 from __future__ import annotations
 
+import json
 import posixpath
 import uuid
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,17 @@ import pyarrow.parquet as pq
 
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
+
+
+def read_json(uri: str, what: str, error: type[ValueError] = ValueError):
+    """The JSON document at `uri` (local or fsspec URL); `error("<what> '<uri>' ...")` in one line if it cannot be."""
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise error(f"{what} {uri!r} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{what} {uri!r}: not valid JSON ({exc})") from None
 
 
 def open_filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
