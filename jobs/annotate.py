@@ -182,7 +182,8 @@ def plan_actors(resources: dict, device: str, opts: AnnotateOptions) -> tuple[in
     cpus = resources.get("CPU", 1)
     if device.startswith("cuda"):
         actors = opts.actors or max(1, int(resources.get("GPU", 1)))
-        return actors, opts.cpus_per_actor or 1.0, opts.cpus_per_actor and int(opts.cpus_per_actor) or None
+        per_actor = opts.cpus_per_actor or 1.0
+        return actors, per_actor, max(1, int(per_actor))
     per_actor = opts.cpus_per_actor or (max(1.0, cpus - 1.0) if cpus <= 9 else 8.0)
     budget = max(per_actor, cpus - 1.0)  # keep one CPU for reading and decoding
     actors = opts.actors or max(1, int(budget // per_actor))
