@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import vitpose_core as vc  # noqa: E402
 from benchmarks.bench_model import hf_model  # noqa: E402
-from benchmarks.bench_pipeline import SHARED, load_images  # noqa: E402
+from benchmarks.bench_pipeline import SHARED  # noqa: E402
 from jobs.annotate import AnnotateOptions, run_annotate  # noqa: E402
 
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 from collections import defaultdict
 
 import numpy as np
 
+from jobs.export import check_predictions
 from jobs.storage import iter_prediction_tables, open_filesystem, read_json
 from schemas.coco import coco_results
 from vitpose_core.crops import boxes_to_center_scale
@@ -91,13 +91,12 @@ def load_results(predictions: str) -> tuple[list[dict], dict]:
             raise ValueError(f"predictions {predictions!r}: a results JSON must be a list of "
                              "{image_id, keypoints, score} objects")
         return results, {}
+    check_predictions(predictions)
     results = list(coco_results(iter_prediction_tables(predictions)))
     job = {}
     record = path.rstrip("/") + "/_job.json"
     if fs.exists(record):
         job = read_json(fs.unstrip_protocol(record), "job record")
-    if not results and not fs.exists(path):
-        raise ValueError(f"predictions {predictions!r} not found")
     return results, job
 
 

@@ -27,12 +27,11 @@ class PoseWorker:
 
         if threads:
             torch.set_num_threads(threads)
-        self.device = device
         self.dataset_index = dataset_index
-        pose_model = vc.load_pose_model(model, device=device, dtype=dtype)
-        self.detector = vc.load_detector(detector, device=device) if detector else None
         self.estimator = vc.PoseEstimator(
-            pose_model, detector=self.detector, flip_test=flip_test, device=device, batch_size=crops_per_forward
+            vc.load_pose_model(model, device=device, dtype=dtype),
+            detector=vc.load_detector(detector, device=device) if detector else None,
+            flip_test=flip_test, device=device, batch_size=crops_per_forward,
         )
         self.decode, self.boxes = decode, boxes
         fault = os.environ.get("VITPOSE_TEST_KILL_AFTER")  # test-only fault hook: die once after N batches

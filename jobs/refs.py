@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import posixpath
 import uuid
-from pathlib import Path
 
 import fsspec
 
-from vitpose_core.checkpoints import HUB_ID, CheckpointError
+from vitpose_core.checkpoints import CheckpointError
 from vitpose_core.detectors import DetectorError
-from vitpose_core.hub import hub_snapshot, one_line
+from vitpose_core.hub import HUB_ID, hub_snapshot, local_path, one_line
 
 
 def exists(ref: str) -> bool:
-    if Path(ref.removeprefix("file://")).expanduser().exists():
+    if local_path(ref).exists():
         return True
     if "://" in ref:
         try:

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import torch
 
-from .hub import hub_snapshot, one_line
+from .hub import HUB_ID, hub_snapshot, local_path, one_line
 from .keypoint_sets import VITPOSE_PLUS_DATASETS
 from .model import HEADS_BY_WIDTH, ViTPose, ViTPoseConfig
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
@@ -68,7 +67,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 def read_checkpoint(ref: str) -> tuple[ViTPoseConfig, dict[str, torch.Tensor]]:
     """Resolve `ref` and return the architecture plus a state dict in `ViTPose`'s own names."""
-    local = Path(ref[len("file://"):] if ref.startswith("file://") else ref).expanduser()
+    local = local_path(ref)
     if local.exists():
         return read_local(local, ref)
     if "://" in ref:

@@ -63,7 +63,6 @@ Every loading failure raises `DetectorError` (a ValueError) with a one-line mess
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -73,7 +72,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .hub import copy_remote, hub_snapshot, one_line
+from .hub import HUB_ID, copy_remote, hub_snapshot, local_path, one_line
 
 __all__ = [
     "Detector",
@@ -94,7 +93,6 @@ PAD_VALUE = 114
 YOLOX_STRIDES = (8, 16, 32)
 RTMDET_MEAN = np.array([103.53, 116.28, 123.675], dtype=np.float32)  # BGR order
 RTMDET_STD = np.array([57.375, 57.12, 58.395], dtype=np.float32)
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 COMMON_OPTIONS = {"max_detections"}
 ONNX_OPTIONS = COMMON_OPTIONS | {"num_threads"}
 YOLOX_OPTIONS = ONNX_OPTIONS | {"nms_iou", "person_class"}
@@ -362,7 +360,7 @@ def load_detector(
             except Exception as exc:  # noqa: BLE001 - missing object, no credentials, unreachable endpoint
                 raise DetectorError(f"detector {name!r}: cannot fetch it ({one_line(exc)})") from None
             return load_detector(local_copy, device, score_threshold, **options)
-    local = Path(name[len("file://"):] if name.startswith("file://") else name).expanduser()
+    local = local_path(name)
     if local.is_dir():
         return load_hf(local, name, device, score_threshold, options)
     if local.is_file():

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+# "org/name": what a Hugging Face hub id looks like (a local path that exists is always taken first).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def local_path(ref: str) -> Path:
+    """`ref` as a local path: `file://` dropped, `~` expanded (it need not exist)."""
+    return Path(ref.removeprefix("file://")).expanduser()
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
