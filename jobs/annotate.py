@@ -1,9 +1,10 @@
 """The annotate job on Ray Data.
 
-    list INPUT -> read bytes -> decode (CPU tasks) -> detect + ViTPose (actor pool, GPU when there is one)
-               -> prediction rows -> Parquet part files under OUTPUT [-> COCO results JSON]
+    list INPUT (streamed) -> drop what OUTPUT holds -> read + decode -> detect + ViTPose (actor pool)
+              -> rows stream to the driver -> right-sized Parquet parts under OUTPUT [-> COCO results JSON]
 
-Resume: a re-run of the same command reads which images OUTPUT already holds and only does the rest.
+Before any work: every check, then the OUTPUT lease (one writer at a time), then the provenance check (a run with
+other settings is refused), then crash recovery and the resume scan. `jobs.output` owns that protocol.
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 
 from jobs.decode import decode_batch
+from jobs.output import lease as leases
+from jobs.output import parts, provenance, resume
+from jobs.output.uris import canonical_prefix, canonical_uri
 from jobs.pose_worker import PoseWorker
-from jobs.sinks import PredictionSink
-from jobs.sources import list_input, read_dataset
-from jobs.storage import finished_uris, open_filesystem, remove_stale_temporaries
+from jobs.sources import Listing, list_input, read_dataset
+from jobs.storage import open_filesystem
+from schemas.predictions import PREDICTION_SCHEMA
 
 log = logging.getLogger("vitpose_batch")
 
@@ -28,6 +33,9 @@ DEFAULT_DETECTOR = "PekingU/rtdetr_r50vd_coco_o365"
 # Environment the workers need to reach object storage and hubs; forwarded to a cluster through runtime_env.
 FORWARDED_ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST", "FSSPEC_", "GCSFS_", "HF_", "NO_GCE_CHECK",
                           "VITPOSE_")
+# How heatmaps become keypoints; part of every OUTPUT's provenance (PoseEstimator's defaults).
+DECODE_SETTINGS = {"crop": "udp", "padding": 1.25, "refine": "dark", "blur": "original"}
+RUNS = "_runs"
 
 
 @dataclass
@@ -50,6 +58,10 @@ class AnnotateOptions:
     actors: int | None = None
     cpus_per_actor: float | None = None
     decode_cpus: float = 0.5
+    retry_errors: bool = False
+    rows_per_file: int = parts.DEFAULT_ROWS_PER_FILE
+    commit_interval: float = parts.DEFAULT_COMMIT_INTERVAL_S
+    lease_ttl: float = leases.DEFAULT_TTL_S
 
 
 @dataclass
@@ -58,29 +70,69 @@ class Summary:
     persons: int = 0
     errors: int = 0
     skipped: int = 0
+    redone: int = 0
+    recovered: int = 0
     seconds: float = 0.0
     files: int = 0
-    steady_crops_per_s: float | None = None  # between the first and the last committed part: no start-up in it
+    run_id: str = ""
+    steady_crops_per_s: float | None = None  # between the first and the last batch: no start-up in it
     extra: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         rate = self.images / self.seconds if self.seconds else 0.0
         crops = self.persons / self.seconds if self.seconds else 0.0
         steady = f" ({self.steady_crops_per_s:.2f} crops/s after start-up)" if self.steady_crops_per_s else ""
+        redone = f", {self.redone} error rows redone" if self.redone else ""
+        recovered = f", {self.recovered} rows of a killed run recovered" if self.recovered else ""
         return [
-            f"images: {self.images} ({self.skipped} already done before this run), persons: {self.persons}, "
-            f"error rows: {self.errors}, part files: {self.files}",
+            f"images: {self.images} ({self.skipped} already done before this run{redone}{recovered}), "
+            f"persons: {self.persons}, error rows: {self.errors}, part files: {self.files}",
             f"time: {self.seconds:.1f} s, {rate:.2f} images/s, {crops:.2f} crops/s{steady}",
         ]
 
 
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def check_coco_json(opts: AnnotateOptions) -> None:
+    """`--coco-json` inside OUTPUT must be named `_*` (every other file there is a live Parquet part)."""
+    if not opts.coco_json:
+        return
+    target, folder = canonical_uri(opts.coco_json), canonical_prefix(opts.output)
+    name = target.rsplit("/", 1)[-1]
+    if target.startswith(folder.rstrip("/") + "/") and not name.startswith(("_", ".")):
+        raise ValueError(f"--coco-json {opts.coco_json} is inside OUTPUT, where every file but the Parquet parts is "
+                         f"named _* or .*: write it as {opts.output.rstrip('/')}/_{name} or outside OUTPUT")
+
+
+def settings_of(opts: AnnotateOptions, keypoint_set: str | None) -> provenance.Provenance:
+    """This run's provenance: fingerprints of the model and of the detector or boxes file (bytes are read here)."""
+    ref = provenance.canonical_ref
+    return provenance.Provenance(
+        model=ref(opts.model), model_fingerprint=provenance.fingerprint(opts.model),
+        detector=None if opts.boxes else ref(opts.detector),
+        detector_fingerprint=None if opts.boxes else provenance.fingerprint(opts.detector),
+        boxes=ref(opts.boxes), boxes_fingerprint=provenance.fingerprint(opts.boxes),
+        flip_test=opts.flip_test, dataset_index=opts.dataset_index, dtype=opts.dtype or "fp32",
+        decode=dict(DECODE_SETTINGS), keypoint_set=keypoint_set,
+    )
+
+
+def model_keypoint_set(ref: str, dataset_index: int | None):
+    """The keypoint set the model's answering head predicts, read on the driver from the checkpoint."""
+    from vitpose_core.checkpoints import read_checkpoint
+    from vitpose_core.estimator import head_keypoint_set
+
+    config, _ = read_checkpoint(ref)
+    return head_keypoint_set(config, dataset_index)
+
+
 def run_annotate(opts: AnnotateOptions) -> Summary:
     """Run the whole job; raises a ValueError subclass with a one-line message when it cannot run."""
-    import ray
+    from jobs.refs import check_detector_ref, check_model_ref
 
-    from jobs.refs import check_detector_ref, check_model_ref, check_output_writable
-
-    # Everything that can be checked is checked before OUTPUT is touched: a refused run leaves nothing behind.
+    # Every check comes before OUTPUT is touched: a refused run leaves OUTPUT byte-identical.
     listing = list_input(opts.input, image_root=opts.image_root, image_column=opts.image_column)
     check_model_ref(opts.model)
     box_index = None
@@ -92,23 +144,93 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
         check_detector_ref(opts.detector)
     else:
         raise ValueError("no person boxes: pass --detector REF or --boxes FILE")
-    check_output_writable(opts.output)
+    check_coco_json(opts)
+    keypoint_set = model_keypoint_set(opts.model, opts.dataset_index)
+    wanted = settings_of(opts, keypoint_set.name)
+    record = provenance.load_record(opts.output)
+    if record is not None:
+        provenance.check_settings(opts.output, record, wanted)
 
-    remove_stale_temporaries(opts.output)
-    finished = finished_uris(opts.output)
-    write_job_record(opts)
-    summary = Summary(skipped=len(finished))
-    if listing.kind == "files" and not set(listing.uris) - finished:
-        log.info("every image of %s is already in %s: nothing to do", opts.input, opts.output)
-        return summary
-    start = time.perf_counter()
+    run_id = new_run_id()
+    try:
+        lease = leases.make_lease(opts.output, run_id, opts.lease_ttl)
+        lease.acquire()
+    except leases.LeaseHeld:
+        raise
+    except Exception as exc:  # noqa: BLE001 - permission, missing bucket, bad URL: one answer
+        from vitpose_core.hub import one_line
+
+        raise ValueError(f"output {opts.output!r} is not writable: {one_line(exc)}") from None
+    started = time.time()
+    summary = Summary(run_id=run_id)
+    try:
+        # under the lease: the record cannot change between this check and the first commit
+        record = provenance.load_record(opts.output)
+        if record is None:
+            record = provenance.create_record(opts.output, wanted)
+        else:
+            provenance.check_settings(opts.output, record, wanted)
+            record = provenance.upgrade_record(opts.output, record, wanted)
+        version = provenance.package_version()
+        if record.get("created_by") not in (version, None):
+            log.warning("%s was created by vitpose-batch %s; this run is %s (recorded per run in %s/)",
+                        opts.output, record.get("created_by"), version, RUNS)
+        write_run_record(opts, run_id, "running", started, summary)
+        summary.recovered = parts.recover_staging(opts.output)
+        metadata = parts.part_metadata(wanted.as_dict(), keypoint_set.keypoint_names, keypoint_set.name, version, run_id)
+        execute(opts, listing, box_index, lease, metadata, summary)
+        summary.seconds = time.time() - started
+        write_run_record(opts, run_id, "complete", started, summary)
+    except BaseException as exc:
+        summary.seconds = time.time() - started
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        try:
+            write_run_record(opts, run_id, status, started, summary, error=str(exc)[:500])
+        except Exception:  # noqa: BLE001 - the original failure is the one to report
+            pass
+        raise
+    finally:
+        lease.release()
+    if opts.coco_json:  # on every run, also when nothing was left to do: a re-run completes a failed export
+        from jobs.export import export_coco
+
+        summary.extra["coco_json"] = export_coco(opts.output, opts.coco_json, fmt="results")
+    return summary
+
+
+def execute(opts: AnnotateOptions, listing: Listing, box_index, lease, metadata: dict, summary: Summary) -> None:
+    """Resume scan, then the Ray pipeline; rows stream into a PartWriter. Fills `summary`."""
+    import ray
+
+    state = resume.scan_output(opts.output, retry_all_errors=opts.retry_errors)
+    plan = resume.ResumePlan()
+    if listing.kind == "files":
+        new_items = resume.filter_listing(listing.chunks(), state, plan)
+        first = next(new_items, None)
+        if first is None:
+            summary.skipped = plan.already_done
+            log.info("every image of %s is already in %s: nothing to do", opts.input, opts.output)
+            return
+        new_items = _chain(first, new_items)
+    else:
+        from schemas.coco import split_image_uri
+
+        shards = set(listing.shards)
+        plan.redo = {k: v for k, v in state.redo_candidates.items() if split_image_uri(v[0])[0] in shards}
+        new_items = iter(())
+
     connect(opts.ray_address)
     try:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0)
         device = ("cuda" if gpus else "cpu") if opts.device == "auto" else opts.device
         actors, actor_cpus, threads = plan_actors(resources, device, opts)
-        items = read_dataset(listing, finished, opts.batch_size, image_column=opts.image_column)
+        redo_keys = _keys(plan.redo)
+        items = read_dataset(listing, new_items, opts.batch_size, finished=state.finished.without(redo_keys),
+                             image_column=opts.image_column)
+        # the listing is consumed: the error rows about to be redone leave their parts before any new row lands
+        summary.redone = resume.drop_redone_rows(opts.output, plan.redo)
+        summary.skipped = plan.already_done if listing.kind == "files" else state.rows - summary.redone
         # GPU actors get pixels decoded by CPU tasks. CPU actors decode for themselves: there the actors are the
         # compute, and decode tasks beside them preempt torch's threads (2 cores: +40% per batch, measured).
         decode_in_actor = not device.startswith("cuda")
@@ -130,31 +252,55 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
             num_gpus=1 if device.startswith("cuda") else 0,
             # Ray Data's actor pools restart a dead actor and re-run its batch (max_restarts / max_task_retries -1).
         )
-        sink = PredictionSink(opts.output, run_id=time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8])
-        rows.write_datasink(sink)
+        writer = parts.PartWriter(opts.output, summary.run_id, PREDICTION_SCHEMA, metadata,
+                                  rows_per_file=opts.rows_per_file, commit_interval=opts.commit_interval,
+                                  check=lease.check)
+        try:
+            for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+                writer.add(batch)
+            writer.close()
+        except BaseException:
+            writer.abort()  # what arrived is committed to _staging/; the next run folds it in
+            raise
+        finally:
+            for key in ("images", "persons", "errors", "files"):
+                setattr(summary, key, writer.totals[key])
     finally:
         if opts.ray_address is None and not os.environ.get("RAY_ADDRESS"):
             ray.shutdown()
-    summary.images, summary.persons = sink.totals["images"], sink.totals["persons"]
-    summary.errors, summary.files = sink.totals["errors"], sink.totals["files"]
-    summary.seconds = time.perf_counter() - start
-    if len(sink.commits) > 2 and sink.commits[-1][0] > sink.commits[0][0]:
-        # crops committed after the first part, over the time from the first to the last commit
-        later = sum(persons for _, persons in sink.commits[1:])
-        summary.steady_crops_per_s = later / (sink.commits[-1][0] - sink.commits[0][0])
-    if opts.coco_json:
-        from jobs.export import export_coco
-
-        summary.extra["coco_json"] = export_coco(opts.output, opts.coco_json, fmt="results")
-    return summary
+    arrivals = writer.arrivals
+    if len(arrivals) > 2 and arrivals[-1][0] > arrivals[0][0]:
+        later = sum(persons for _, persons in arrivals[1:])
+        summary.steady_crops_per_s = later / (arrivals[-1][0] - arrivals[0][0])
 
 
-def write_job_record(opts: AnnotateOptions) -> None:
-    """`_job.json` in OUTPUT: what made these rows (evaluate reports the detector's box AP from it)."""
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _keys(redo: dict[bytes, tuple[str, str]]):
+    import numpy as np
+
+    if not redo:
+        return np.zeros((0, 2), np.uint64)
+    return np.frombuffer(b"".join(redo), dtype=np.uint64).reshape(-1, 2)
+
+
+def write_run_record(opts: AnnotateOptions, run_id: str, status: str, started: float, summary: Summary,
+                     error: str | None = None) -> None:
+    """`_runs/<run>.json`: who ran, with which package version and input, how it ended."""
     fs, folder = open_filesystem(opts.output)
-    record = {"model": opts.model, "detector": None if opts.boxes else opts.detector, "boxes": opts.boxes,
-              "flip_test": opts.flip_test, "dataset_index": opts.dataset_index, "input": opts.input}
-    fs.pipe_file(f"{folder}/_job.json", json.dumps(record, indent=2).encode())
+    record = {
+        "run_id": run_id, "status": status, "version": provenance.package_version(), "input": opts.input,
+        "host": socket.gethostname(), "pid": os.getpid(), "started": started,
+        "ended": None if status == "running" else time.time(), "images": summary.images,
+        "persons": summary.persons, "errors": summary.errors, "skipped": summary.skipped,
+        "redone": summary.redone, "recovered": summary.recovered, "files": summary.files, "error": error,
+        "retry_errors": opts.retry_errors,
+    }
+    fs.makedirs(f"{folder}/{RUNS}", exist_ok=True)
+    fs.pipe_file(f"{folder}/{RUNS}/{run_id}.json", json.dumps(record, indent=2).encode())
 
 
 def connect(address: str | None) -> None:

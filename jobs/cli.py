@@ -8,6 +8,7 @@ import logging
 import sys
 
 from jobs.annotate import DEFAULT_DETECTOR, DEFAULT_MODEL, AnnotateOptions
+from jobs.output.parts import DEFAULT_COMMIT_INTERVAL_S, DEFAULT_ROWS_PER_FILE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="model precision (default fp32)")
     annotate.add_argument("--actors", type=int, help="pose actors at most (default: one per GPU, or CPUs allow)")
     annotate.add_argument("--cpus-per-actor", type=float, help="CPUs each pose actor asks for")
+    annotate.add_argument("--retry-errors", action="store_true",
+                          help="redo every error row (by default a re-run redoes only failures that may pass)")
+    annotate.add_argument("--rows-per-file", type=int, default=DEFAULT_ROWS_PER_FILE,
+                          help=f"rows per Parquet part (default {DEFAULT_ROWS_PER_FILE:,}; fewer only in a run's last)")
+    annotate.add_argument("--commit-interval", type=float, default=DEFAULT_COMMIT_INTERVAL_S,
+                          help="seconds between commits of finished rows: the most work a killed run loses "
+                               f"(default {DEFAULT_COMMIT_INTERVAL_S:.0f})")
 
     evaluate = commands.add_parser("evaluate", help="COCO keypoint AP of predictions against a COCO ground truth")
     evaluate.add_argument("predictions", help="annotate OUTPUT (folder / prefix / .parquet) or a COCO results JSON")
@@ -93,7 +101,8 @@ def annotate_command(args: argparse.Namespace) -> int:
         image_column=args.image_column, flip_test=args.flip_test, dataset_index=args.dataset_index,
         batch_size=args.batch_size, crops_per_forward=args.crops_per_forward, ray_address=args.ray_address,
         coco_json=args.coco_json, device=args.device, dtype=args.dtype, actors=args.actors,
-        cpus_per_actor=args.cpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor, retry_errors=args.retry_errors, rows_per_file=args.rows_per_file,
+        commit_interval=args.commit_interval,
     )
     summary = run_annotate(options)
     for line in summary.lines():

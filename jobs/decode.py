@@ -23,6 +23,7 @@ DECODED_SCHEMA = pa.schema([
     ("height", pa.int32()),
     ("pixels", pa.large_binary()),  # HxWx3 uint8 RGB, C order; empty when error is set
     ("error", pa.string()),
+    ("error_retryable", pa.bool_()),
     ("boxes", pa.list_(pa.float32())),  # flat n*4 xywh from --boxes; null: run the detector
     ("box_scores", pa.list_(pa.float32())),
 ])
@@ -31,7 +32,12 @@ READ_ATTEMPTS = 6  # object stores blink: ~0.5+1+2+4+8 s of patience before an i
 
 
 class ImageError(ValueError):
-    """An image that cannot be used; the message says why, for its row's `error`."""
+    """An image that cannot be used; the message says why, for its row's `error`. `retryable`: the failure may
+    pass (the file may appear, storage may come back), so a re-run redoes it."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def read_bytes(uri: str, attempts: int = READ_ATTEMPTS) -> bytes:
@@ -42,10 +48,11 @@ def read_bytes(uri: str, attempts: int = READ_ATTEMPTS) -> bytes:
             with fsspec.open(uri, "rb") as handle:
                 return handle.read()
         except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-            raise ImageError(f"cannot read: {type(exc).__name__}") from None
+            raise ImageError(f"cannot read: {type(exc).__name__}", retryable=True) from None
         except Exception as exc:  # noqa: BLE001 - network stacks raise anything; retry, then report
             if attempt == attempts - 1:
-                raise ImageError(f"cannot read after {attempts} attempts: {type(exc).__name__}: {exc}") from None
+                raise ImageError(f"cannot read after {attempts} attempts: {type(exc).__name__}: {exc}",
+                                 retryable=True) from None
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
@@ -85,13 +92,13 @@ def decode_batch(batch: pa.Table, boxes=None) -> pa.Table:
     ids = batch.column("image_id").to_pylist()
     datas = batch.column("data").to_pylist()
     for uri, image_id, data in zip(uris, ids, datas):
-        pixels, width, height, error = b"", 0, 0, None
+        pixels, width, height, error, retryable = b"", 0, 0, None, None
         try:
             image = decode_image(read_bytes(uri) if data is None else data)
             height, width = image.shape[:2]
             pixels = image.tobytes()
         except ImageError as exc:
-            error = str(exc)
+            error, retryable = str(exc), exc.retryable
         box_list = score_list = None
         if boxes is not None:
             found_boxes, found_scores = boxes.boxes_for(file_name=image_name(uri), image_id=image_id)
@@ -100,7 +107,7 @@ def decode_batch(batch: pa.Table, boxes=None) -> pa.Table:
             if image_id is None:
                 image_id = boxes.image_id_for(image_name(uri))
         for name, value in zip(DECODED_SCHEMA.names,
-                               (uri, image_id, width, height, pixels, error, box_list, score_list)):
+                               (uri, image_id, width, height, pixels, error, retryable, box_list, score_list)):
             out[name].append(value)
     return pa.table(out, schema=DECODED_SCHEMA)
 

@@ -20,7 +20,9 @@ from collections import defaultdict
 import numpy as np
 
 from jobs.export import check_predictions
-from jobs.storage import iter_prediction_tables, open_filesystem, read_json
+from jobs.output.parts import iter_part_tables, part_provenances
+from jobs.output.provenance import load_record
+from jobs.storage import open_filesystem, read_json
 from schemas.coco import coco_results
 from vitpose_core.crops import boxes_to_center_scale
 from vitpose_core.decoding import rescore
@@ -92,12 +94,26 @@ def load_results(predictions: str) -> tuple[list[dict], dict]:
                              "{image_id, keypoints, score} objects")
         return results, {}
     check_predictions(predictions)
-    results = list(coco_results(iter_prediction_tables(predictions)))
+    results = list(coco_results(iter_part_tables(predictions)))
     job = {}
-    record = path.rstrip("/") + "/_job.json"
-    if fs.exists(record):
-        job = read_json(fs.unstrip_protocol(record), "job record")
+    if not path.endswith(".parquet"):
+        job = load_record(predictions) or {}
     return results, job
+
+
+def detector_of_every_row(predictions: str, job: dict) -> str | None:
+    """The detector that made every row of an annotate OUTPUT, or None: only then is its box AP the detector's.
+
+    The job record names the OUTPUT's detector; each part's own provenance must agree (parts written before parts
+    carried provenance, or with ground-truth boxes, do not count as the detector's)."""
+    settings = job.get("settings")
+    if not settings or not settings.get("detector"):
+        return None
+    for found in part_provenances(predictions):
+        if not found or found.get("detector") != settings["detector"] \
+                or found.get("detector_fingerprint") != settings.get("detector_fingerprint"):
+            return None
+    return settings["detector"]
 
 
 def run_cocoeval(ground_truth, results: list[dict], iou_type: str, sigmas: np.ndarray | None = None) -> np.ndarray:
@@ -155,11 +171,12 @@ def evaluate(predictions: str, ground_truth: str, raw: bool = False) -> dict:
         "ground_truth_images": len(known),
         "images_with_predictions": len({r["image_id"] for r in results}),
     })
-    if job.get("detector") and results and all("bbox" in r for r in results):
+    detector = detector_of_every_row(predictions, job) if job else None
+    if detector and results and all("bbox" in r for r in results):
         boxes = [{"image_id": r["image_id"], "category_id": 1, "bbox": r["bbox"],
                   "score": float(r.get("box_score", r["score"]))} for r in results]
         box_stats = run_cocoeval(gt, boxes, "bbox")
-        report["detector"] = job["detector"]
+        report["detector"] = detector
         report["detector_box"] = {name: float(v) for name, v in zip(BOX_METRICS, box_stats)}
     return report
 

@@ -1,6 +1,6 @@
 """`vitpose-batch export-coco`: an annotate OUTPUT -> COCO keypoint results or a COCO keypoints dataset (JSON).
 
-The prediction part files are streamed one at a time (`jobs.storage.iter_prediction_tables`) and the JSON is written
+The prediction part files are streamed one at a time (`jobs.output.parts.iter_part_tables`) and the JSON is written
 as it is produced (see `schemas.coco` for how each format streams). Local outputs are written to a temporary name
 in the destination folder and renamed at the end, so a reader never sees half a file; other filesystems get one
 upload that only becomes visible when it completes.
@@ -15,7 +15,8 @@ from typing import Any
 import fsspec
 import fsspec.spec
 
-from jobs.storage import PART_SUFFIX, is_local, iter_prediction_tables, list_part_files, open_filesystem
+from jobs.output.parts import PART_SUFFIX, iter_part_tables, list_part_files
+from jobs.storage import is_local, open_filesystem
 from schemas.coco import ExportStats, coco_results, write_coco_dataset, write_json_stream
 
 FORMATS = ("results", "dataset")
@@ -69,7 +70,7 @@ def export_coco(
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     check_predictions(predictions)
     stats = ExportStats()
-    tables = iter_prediction_tables(predictions)
+    tables = iter_part_tables(predictions)
 
     fs, path = open_filesystem(output_json)
     local = is_local(fs)

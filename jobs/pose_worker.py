@@ -45,6 +45,7 @@ class PoseWorker:
         rows = batch.to_pylist()
         persons: list[list[dict]] = [[] for _ in rows]
         errors = [row["error"] for row in rows]
+        retryable = [row["error_retryable"] for row in rows]
         good = [i for i, row in enumerate(rows) if row["error"] is None]
         try:
             self.estimate(rows, good, persons)
@@ -55,9 +56,10 @@ class PoseWorker:
                     self.estimate(rows, [i], persons)
                 except Exception as single:  # noqa: BLE001
                     errors[i] = f"pose estimation failed: {type(single).__name__}: {single}"
+                    retryable[i] = True  # out of memory, a device fault: may pass on a re-run
         return make_table(
             [r["image_uri"] for r in rows], [r["image_id"] for r in rows],
-            [r["width"] for r in rows], [r["height"] for r in rows], persons, errors,
+            [r["width"] for r in rows], [r["height"] for r in rows], persons, errors, retryable,
         )
 
     def estimate(self, rows: list[dict], indices: list[int], persons: list[list[dict]]) -> None:

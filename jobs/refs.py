@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import posixpath
-import uuid
-
 import fsspec
 
 from vitpose_core.checkpoints import CheckpointError
@@ -43,15 +40,3 @@ def check_detector_ref(ref: str) -> None:
                      "--detector with a local .onnx file or transformers folder, or --boxes FILE")
         return
     raise DetectorError(f"detector {ref!r} not found")
-
-
-def check_output_writable(output: str) -> None:
-    """Create OUTPUT if needed and prove a file can be written there."""
-    try:
-        fs, path = fsspec.core.url_to_fs(output)
-        fs.makedirs(path, exist_ok=True)
-        probe = posixpath.join(path, f".write-test-{uuid.uuid4().hex}")
-        fs.pipe_file(probe, b"")
-        fs.rm(probe)
-    except Exception as exc:  # noqa: BLE001 - permission, missing bucket, bad URL: one answer
-        raise ValueError(f"output {output!r} is not writable: {one_line(exc)}") from None

@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from jobs.export import check_predictions
-from jobs.storage import iter_prediction_tables, open_filesystem
+from jobs.output.parts import iter_part_tables
+from jobs.storage import open_filesystem
 from schemas.coco import PredictionRow, image_name, iter_prediction_rows, split_image_uri
 from vitpose_core.drawing import draw_poses
 
@@ -158,7 +159,7 @@ def render(
     if sample < 0:
         raise ValueError(f"sample must be >= 0, got {sample}")
     check_predictions(predictions)
-    chosen = reservoir_sample(iter_prediction_rows(iter_prediction_tables(predictions)), sample, seed)
+    chosen = reservoir_sample(iter_prediction_rows(iter_part_tables(predictions)), sample, seed)
     fs, folder = open_filesystem(outdir)
     if chosen:
         fs.makedirs(folder, exist_ok=True)

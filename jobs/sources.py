@@ -11,17 +11,21 @@ encoded bytes, already read). Plain files are read by the decode stage, so listi
 
 from __future__ import annotations
 
+import os
 import posixpath
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.output.uris import canonical_prefix, canonical_uri, is_local_uri, split_scheme
 from jobs.storage import read_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif")
 GLOB_CHARS = "*?["
+CHUNK_ROWS = 65_536  # listing rows per chunk: the driver never holds more of a streamed listing than this
 
 
 class InputError(ValueError):
@@ -30,12 +34,85 @@ class InputError(ValueError):
 
 @dataclass
 class Listing:
-    """What INPUT turned out to be: image files (with ids when a COCO file named them) or shards."""
+    """What INPUT turned out to be: image files (with ids when a COCO file named them) or shards.
+
+    `chunks()` streams the images as tables of (image_uri, image_id), canonical URIs, each image once; a folder or
+    prefix is walked as it is read, so a listing of 10^8 files is never held whole. Shards are listed whole (few).
+    """
 
     kind: str  # "files", "tar", "parquet"
-    uris: list[str]
-    image_ids: list[int | None]
+    chunks: Callable[[], Iterator[pa.Table]]
+    shards: list[str] | None = None
     coco_images: list[dict] | None = None  # the COCO JSON's images[], when INPUT was one
+    skipped_tars: int = 0
+
+
+LISTING_SCHEMA = pa.schema([("image_uri", pa.string()), ("image_id", pa.int64())])
+
+
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _chunked(uris: Iterator[str], ids: Iterator[int | None] | None = None) -> Iterator[pa.Table]:
+    batch_uris: list[str] = []
+    batch_ids: list[int | None] = []
+    for i, uri in enumerate(uris):
+        batch_uris.append(uri)
+        batch_ids.append(None if ids is None else next(ids))
+        if len(batch_uris) == CHUNK_ROWS:
+            yield pa.table({"image_uri": batch_uris, "image_id": batch_ids}, schema=LISTING_SCHEMA)
+            batch_uris, batch_ids = [], []
+    if batch_uris:
+        yield pa.table({"image_uri": batch_uris, "image_id": batch_ids}, schema=LISTING_SCHEMA)
+
+
+def walk_local(root: str, want: Callable[[str], bool]) -> Iterator[str]:
+    """Canonical paths of the files under local folder `root` whose names `want` accepts, depth first, sorted per
+    folder. Symlinked folders are followed, each real folder once (cycles end); a symlinked file is listed under its
+    own name (see `jobs.output.uris`), dangling or not: its row then says it cannot be read."""
+    root = os.path.realpath(root)
+    seen: set[str] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        if folder in seen:
+            continue
+        seen.add(folder)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():  # follows symlinks
+                subfolders.append(os.path.realpath(entry.path) if entry.is_symlink() else entry.path)
+            elif want(entry.name):
+                yield entry.path
+        stack.extend(reversed(subfolders))
+
+
+def walk_store(fs: fsspec.AbstractFileSystem, path: str, want: Callable[[str], bool]) -> Iterator[str]:
+    """Paths under an object-store prefix, page by page where the store allows it (S3), else all at once."""
+    iterdir = getattr(fs, "_iterdir", None)
+    if iterdir is not None and "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        from fsspec.asyn import sync
+
+        bucket, key, _ = fs.split_path(path)
+        pages = iterdir(bucket, delimiter="", prefix=key.rstrip("/") + "/" if key else "")
+        while True:
+            try:
+                info = sync(fs.loop, pages.__anext__)
+            except StopAsyncIteration:
+                return
+            if info.get("type") != "directory" and want(info["name"]):
+                yield info["name"]
+    else:
+        for name in fs.find(path):
+            if want(name):
+                yield name
 
 
 def list_input(input_uri: str, image_root: str | None = None, image_column: str | None = None) -> Listing:
@@ -44,88 +121,97 @@ def list_input(input_uri: str, image_root: str | None = None, image_column: str 
         fs, path = fsspec.core.url_to_fs(input_uri)
     except (ImportError, ValueError) as exc:
         raise InputError(f"input {input_uri!r}: {exc}") from None
-    protocol = input_uri.split("://", 1)[0] + "://" if "://" in input_uri else ""
+    scheme = split_scheme(input_uri)[0]
+    local = is_local_uri(input_uri)
 
     def uri(p: str) -> str:
-        return p if not protocol or protocol == "file://" else protocol + p.lstrip("/")
+        return canonical_uri(p if local else f"{scheme}://{p.lstrip('/')}")
 
     if path.endswith(".json") and not any(c in path for c in GLOB_CHARS):
-        return list_coco(fs, path, input_uri, image_root)
+        return list_coco(input_uri, image_root)
     try:
         if any(c in path for c in GLOB_CHARS):
-            files = sorted(fs.glob(path))
+            matched = list(dict.fromkeys(uri(f) for f in sorted(fs.glob(path)) if fs.isfile(f)))
+            walk: Callable[[Callable[[str], bool]], Iterator[str]] = lambda want: (u for u in matched if want(u))
         elif fs.isdir(path):
-            files = sorted(fs.find(path))
+            if local:
+                walk = lambda want: walk_local(path, want)  # noqa: E731
+            else:
+                walk = lambda want: (uri(p) for p in walk_store(fs, path, want))  # noqa: E731
         elif fs.isfile(path):
-            files = [path]
+            walk = lambda want: (u for u in [uri(path)] if want(u))  # noqa: E731
         else:
             raise InputError(f"input {input_uri!r} not found")
     except (FileNotFoundError, PermissionError) as exc:
         raise InputError(f"input {input_uri!r}: {type(exc).__name__}: {exc}") from None
 
     if image_column is not None:
-        shards = [f for f in files if f.endswith(".parquet")]
+        shards = list(walk(lambda p: p.endswith(".parquet")))
         if not shards:
             raise InputError(f"input {input_uri!r}: --image-column given but no .parquet shards found")
-        return Listing("parquet", [uri(f) for f in shards], [None] * len(shards))
-    tars = [f for f in files if f.endswith(".tar")]
-    images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
-    if tars and not images:
-        return Listing("tar", [uri(f) for f in tars], [None] * len(tars))
-    if not images:
+        return Listing("parquet", lambda: iter(()), shards=shards)
+    first_image = next(walk(_is_image), None)
+    if first_image is None:
+        tars = list(walk(lambda p: p.endswith(".tar")))
+        if tars:
+            return Listing("tar", lambda: iter(()), shards=tars)
         raise InputError(f"input {input_uri!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return Listing("files", [uri(f) for f in images], [None] * len(images))
+    return Listing("files", lambda: _chunked(walk(_is_image)))
 
 
-def list_coco(fs: fsspec.AbstractFileSystem, path: str, input_uri: str, image_root: str | None) -> Listing:
+def list_coco(input_uri: str, image_root: str | None) -> Listing:
     coco = read_json(input_uri, "input", InputError)
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise InputError(f"input {input_uri!r}: a COCO JSON needs an images[] list")
     root = image_root if image_root is not None else posixpath.dirname(input_uri.rstrip("/"))
+    root = canonical_prefix(root) if root else canonical_prefix(".")
     images = coco["images"]
     try:
-        uris = [posixpath.join(root, str(img["file_name"])) if root else str(img["file_name"]) for img in images]
-        ids = [int(img["id"]) for img in images]
+        pairs = {canonical_uri(posixpath.join(root, str(img["file_name"]))): int(img["id"]) for img in images}
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"input {input_uri!r}: images[] entries need file_name and id ({exc})") from None
-    if not uris:
+    if not pairs:
         raise InputError(f"input {input_uri!r}: images[] is empty")
-    return Listing("files", uris, ids, coco_images=images)
+    return Listing("files", lambda: _chunked(iter(pairs), iter(pairs.values())), coco_images=images)
 
 
 ITEM_SCHEMA = pa.schema([("image_uri", pa.string()), ("image_id", pa.int64()), ("data", pa.large_binary())])
 
 
-def read_dataset(listing: Listing, finished: set[str], rows_per_block: int, image_column: str | None = None):
-    """A Ray Dataset of ITEM_SCHEMA rows for the listing, less the images a previous run finished.
+def read_dataset(listing: Listing, new_items: Iterator[pa.Table], rows_per_block: int, finished=None,
+                 image_column: str | None = None):
+    """A Ray Dataset of ITEM_SCHEMA rows to label.
 
-    Files are listed here, so finished ones are dropped before anything is read; shard members are only known once
-    a worker opens the shard, so they are dropped there.
+    Files: `new_items` (listing chunks already filtered against OUTPUT) are put in the object store block by
+    block, so the driver holds refs, not the listing. Shards: members are only known once a worker opens a shard,
+    so `finished` (a resume KeySet) travels to the workers and filters there.
     """
     import ray
 
     if listing.kind == "files":
-        pairs = {u: i for u, i in zip(listing.uris, listing.image_ids) if u not in finished}  # dedupes, keeps order
-        table = pa.table(
-            {"image_uri": list(pairs), "image_id": list(pairs.values()), "data": [None] * len(pairs)},
-            schema=ITEM_SCHEMA,
-        )
-        # Blocks of exactly one actor batch: a block of 20 for batches of 16 would cost a 4-image call too.
-        return ray.data.from_arrow(table).repartition(max(1, -(-len(pairs) // rows_per_block)))
+        refs = []
+        for chunk in new_items:
+            items = pa.table({"image_uri": chunk.column("image_uri"), "image_id": chunk.column("image_id"),
+                              "data": pa.nulls(chunk.num_rows, pa.large_binary())}, schema=ITEM_SCHEMA)
+            # blocks of whole actor batches: a block of 20 for batches of 16 would cost a 4-image call too
+            for start in range(0, items.num_rows, rows_per_block):
+                refs.append(ray.put(items.slice(start, rows_per_block)))
+        return ray.data.from_arrow_refs(refs) if refs else None
+    uris = listing.shards
     if listing.kind == "tar":
-        fs, _ = fsspec.core.url_to_fs(listing.uris[0])
+        fs, _ = fsspec.core.url_to_fs(uris[0])
         ds = ray.data.read_webdataset(
-            [fsspec.core.url_to_fs(u)[1] for u in listing.uris], decoder=None, filesystem=arrow_filesystem(fs),
-            override_num_blocks=len(listing.uris),
+            [fsspec.core.url_to_fs(u)[1] for u in uris], decoder=None, filesystem=arrow_filesystem(fs),
+            override_num_blocks=len(uris),
         )
-        protocol = listing.uris[0].split("://", 1)[0] + "://" if "://" in listing.uris[0] else ""
+        protocol = "" if is_local_uri(uris[0]) else split_scheme(uris[0])[0] + "://"
         items = ds.map_batches(tar_members, batch_format="pyarrow", fn_kwargs={"protocol": protocol})
     else:
-        shards = ray.data.from_items([{"shard": u} for u in listing.uris], override_num_blocks=len(listing.uris))
+        shards = ray.data.from_items([{"shard": u} for u in uris], override_num_blocks=len(uris))
         items = shards.map_batches(parquet_members, batch_size=1, batch_format="pyarrow",
                                    fn_kwargs={"column": image_column})
-    if finished:
-        items = items.map_batches(drop_finished, batch_format="pyarrow", fn_kwargs={"finished": finished})
+    if finished is not None and len(finished):
+        items = items.map_batches(drop_finished, batch_format="pyarrow", fn_kwargs={"finished": ray.put(finished)})
     return items
 
 
@@ -167,6 +253,8 @@ def parquet_members(batch: pa.Table, column: str) -> pa.Table:
                     schema=ITEM_SCHEMA)
 
 
-def drop_finished(batch: pa.Table, finished: set[str]) -> pa.Table:
-    keep = [uri not in finished for uri in batch.column("image_uri").to_pylist()]
-    return batch.filter(pa.array(keep, pa.bool_()))
+def drop_finished(batch: pa.Table, finished) -> pa.Table:
+    """Shard members OUTPUT already holds, dropped where the data is (`finished`: a resume KeySet)."""
+    from jobs.output.resume import uri_keys
+
+    return batch.filter(pa.array(~finished.contains(uri_keys(batch.column("image_uri")))))

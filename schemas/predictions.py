@@ -8,6 +8,8 @@
 | persons    | list<struct>         | bbox (4 float32, COCO xywh), box_score, score (float32), keypoints (3K     |
 |            |                      | float32: x, y, score per keypoint, dataset order)                          |
 | error      | string, nullable     | why the image could not be processed; null when it was                     |
+| error_retryable | bool, nullable  | the failure may pass (a read that failed, a pose-stage failure): a re-run   |
+|            |                      | redoes it; false for undecodable bytes or unusable boxes; null: no error   |
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ PREDICTION_SCHEMA = pa.schema([
     pa.field("height", pa.int32(), nullable=False),
     pa.field("persons", pa.list_(PERSON_TYPE), nullable=False),
     pa.field("error", pa.string()),
+    pa.field("error_retryable", pa.bool_()),
 ])
 
 
@@ -57,11 +60,15 @@ def make_table(
     height: Sequence[int],
     persons: Sequence[list[dict]],
     error: Sequence[str | None],
+    error_retryable: Sequence[bool | None] | None = None,
 ) -> pa.Table:
-    """Columns -> a table of PREDICTION_SCHEMA (types checked by Arrow)."""
+    """Columns -> a table of PREDICTION_SCHEMA (types checked by Arrow). `error_retryable` defaults to False for
+    every error (permanent)."""
+    if error_retryable is None:
+        error_retryable = [None if e is None else False for e in error]
     return pa.Table.from_pydict(
         {"image_uri": list(image_uri), "image_id": list(image_id), "width": list(width), "height": list(height),
-         "persons": list(persons), "error": list(error)},
+         "persons": list(persons), "error": list(error), "error_retryable": list(error_retryable)},
         schema=PREDICTION_SCHEMA,
     )
 

@@ -54,3 +54,8 @@ def load(name: str, with_keypoints_only: bool = False) -> list[GroundTruthImage]
         keypoints = np.array([a["keypoints"] for a in anns], np.float32).reshape(-1, 17, 3)
         out.append(GroundTruthImage(info["id"], path, image, boxes, keypoints))
     return out
+
+
+def committed(output: Path) -> list[Path]:
+    """The files holding an annotate OUTPUT's committed rows so far: live parts and staged chunks."""
+    return sorted(Path(output).glob("part-*.parquet")) + sorted(Path(output).glob("_staging/*.staged"))

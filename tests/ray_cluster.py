@@ -54,7 +54,7 @@ def local_cluster(head_cpus: int, worker_cpus: list[int]) -> Iterator[LocalClust
         for cpus in worker_cpus:
             worker_ports.append(free_port())
             subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", f"--num-cpus={cpus}",
-                            f"--node-manager-port={worker_ports[-1]}", *common],
+                            f"--node-manager-port={worker_ports[-1]}", f"--temp-dir={temp}", *common],
                            check=True, env=env, capture_output=True, timeout=120)
         total = f"/{float(head_cpus + sum(worker_cpus))} CPU"
         deadline = time.time() + 90
@@ -66,5 +66,31 @@ def local_cluster(head_cpus: int, worker_cpus: list[int]) -> Iterator[LocalClust
         assert total in status, f"the worker nodes never joined:\n{status}"
         yield LocalCluster(f"127.0.0.1:{port}", env, worker_ports)
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_processes_under(temp)  # never `ray stop`: it kills every Ray on the machine, not only ours
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_processes_under(temp: str) -> int:
+    """SIGKILL every process whose command line names `temp` (this cluster's own daemons and workers only)."""
+    killed = 0
+    for _ in range(3):  # daemons can spawn a last worker while we kill: sweep until none is left
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if temp.encode() in handle.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        if not pids:
+            break
+        time.sleep(0.5)
+    return killed

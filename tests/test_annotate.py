@@ -21,7 +21,7 @@ import pytest
 
 import vitpose_core as vc
 from jobs.cli import main as cli
-from jobs.storage import iter_prediction_tables
+from jobs.output.parts import iter_part_tables as iter_prediction_tables
 from schemas.predictions import person_arrays
 from tests import checkpoint_factory as factory
 from tests import coco_data
@@ -212,17 +212,21 @@ def test_killed_run_then_rerun_gives_one_row_per_image(tmp_path, tiny_model):
     output = tmp_path / "out"
     command = [sys.executable, "-m", "jobs.cli", "annotate", str(coco_data.image_folder("coco-mini-train")),
                str(output), "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-mini-train")),
-               "--batch-size", "2"]
+               "--batch-size", "2", "--commit-interval", "0"]
     cwd = Path(__file__).resolve().parents[1]
     first = subprocess.Popen(command, cwd=cwd, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(output.glob("part-*.parquet"))) < 2:
+    while time.time() < deadline and len(coco_data.committed(output)) < 2:
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-run
     first.wait(timeout=60)
-    partial = read_rows(str(output))
-    assert 0 < len(partial) < 80, "the kill should land mid-run"
-    subprocess.run(command, check=True, cwd=cwd, timeout=400)
+    partial = sum(pq.read_metadata(f).num_rows for f in coco_data.committed(output))
+    assert 0 < partial < 80, "the kill should land mid-run"
+    # the dead run's lease passes on at once; its committed rows are recovered, the rest is done
+    rerun = subprocess.run(command, cwd=cwd, timeout=400, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{partial} rows of a killed run recovered" in rerun.stdout
     counts = Counter(r["image_uri"] for r in read_rows(str(output)))
     assert len(counts) == 80 and set(counts.values()) == {1}
+    assert not list((output / "_staging").glob("*"))

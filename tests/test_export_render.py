@@ -16,7 +16,7 @@ from PIL import Image
 
 from jobs.export import export_coco
 from jobs.render import render
-from jobs.storage import write_table_atomic
+from jobs.output.parts import write_parquet_atomic
 from tests import coco_data
 from tests.test_coco_schema import error_row, gt_rows, keypoint_ap, load_coco, table_of
 
@@ -25,7 +25,7 @@ LOCAL = fsspec.filesystem("file")
 
 def write_output(folder: Path, parts: list[list[dict]]) -> str:
     for i, rows in enumerate(parts):
-        write_table_atomic(LOCAL, table_of(rows), str(folder / f"part-run0-{i:05d}.parquet"))
+        write_parquet_atomic(LOCAL, table_of(rows), str(folder / f"part-run0-{i:05d}.parquet"))
     return str(folder)
 
 
@@ -183,7 +183,7 @@ def test_render_sample_is_uniformly_seeded(tmp_path):
              "error": None} for i in range(40)]
     predictions = write_output(tmp_path / "OUTPUT", [rows[:25], rows[25:]])
     from jobs.render import reservoir_sample
-    from jobs.storage import iter_prediction_tables
+    from jobs.output.parts import iter_part_tables as iter_prediction_tables
     from schemas.coco import iter_prediction_rows
 
     def picks(seed):
@@ -256,7 +256,7 @@ def test_export_and_render_on_s3(s3_env, tmp_path):
     s3_rows = [{**rows[0], "image_uri": f"s3://{bucket}/images/000000000785.jpg", "image_id": None},
                {**rows[1], "image_uri": f"s3://{bucket}/shards/shard-000.tar#000000040083.jpg", "image_id": None}]
     for i, part in enumerate([s3_rows[:1], s3_rows[1:]]):
-        write_table_atomic(fs, table_of(part), f"{bucket}/OUTPUT/part-run0-{i:05d}.parquet")
+        write_parquet_atomic(fs, table_of(part), f"{bucket}/OUTPUT/part-run0-{i:05d}.parquet")
 
     stats = export_coco(f"s3://{bucket}/OUTPUT", f"s3://{bucket}/exports/results.json")
     assert stats["images"] == 2 and stats["skipped_no_image_id"] == 0  # ids from the names, tar member included

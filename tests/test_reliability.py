@@ -16,7 +16,8 @@ from PIL import Image
 
 from jobs.cli import main as cli
 from jobs.decode import decode_image
-from jobs.storage import iter_prediction_tables
+from jobs.output.parts import iter_part_tables as iter_prediction_tables
+from tests.coco_data import committed
 from schemas.predictions import person_arrays
 from tests import checkpoint_factory as factory
 from tests import coco_data
@@ -149,11 +150,12 @@ def test_object_storage_blinks_mid_run(tmp_path, tiny_model, s3_server):
     env = dict(os.environ, **s3_server.env(), RAY_USAGE_STATS_ENABLED="0")
     job = subprocess.Popen(
         [sys.executable, "-m", "jobs.cli", "annotate", f"s3://{bucket}/images", str(output), "--model", tiny_model,
-         "--boxes", str(coco_data.annotation_file("coco-mini-train")), "--batch-size", "2"],
+         "--boxes", str(coco_data.annotation_file("coco-mini-train")), "--batch-size", "2",
+         "--commit-interval", "0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.time() + 240
-    while time.time() < deadline and not list(output.glob("part-*.parquet")) and job.poll() is None:
+    while time.time() < deadline and not committed(output) and job.poll() is None:
         time.sleep(0.2)
     assert job.poll() is None, "the job finished before the outage could be staged"
     s3_server.stop()
@@ -173,11 +175,12 @@ def test_worker_node_killed_mid_run(tmp_path, tiny_model):
         job = subprocess.Popen(
             [sys.executable, "-m", "jobs.cli", "annotate", str(coco_data.image_folder("coco-mini-train")),
              str(output), "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-mini-train")),
-             "--batch-size", "2", "--actors", "2", "--cpus-per-actor", "1", "--ray-address", cluster.address],
+             "--batch-size", "2", "--actors", "2", "--cpus-per-actor", "1", "--ray-address", cluster.address,
+             "--commit-interval", "0"],
             cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.time() + 240
-        while time.time() < deadline and len(list(output.glob("part-*.parquet"))) < 2 and job.poll() is None:
+        while time.time() < deadline and len(committed(output)) < 2 and job.poll() is None:
             time.sleep(0.2)
         assert job.poll() is None, "the job finished before the node could be killed"
         assert cluster.kill_worker_node() >= 1

@@ -171,27 +171,37 @@ class PoseEstimator:
         return heatmaps
 
     def output_keypoints(self, dataset_index: int | None) -> int:
-        if dataset_index is None or not len(self.model.associate_keypoint_heads):
-            return self.model.config.num_keypoints
-        return self.model.config.num_heads_out[int(dataset_index)]
+        return head_keypoints(self.model.config, dataset_index)
 
     def keypoints_of(self, dataset_index: int | None) -> KeypointSet:
         """Keypoint metadata of the head answering `dataset_index` (flip pairs for the flip test)."""
-        k = self.output_keypoints(dataset_index)
-        if self.keypoint_set is not None and self.keypoint_set.num_keypoints == k:
+        if self.keypoint_set is not None and self.keypoint_set.num_keypoints == self.output_keypoints(dataset_index):
             return self.keypoint_set
-        if dataset_index is not None:
-            # ViTPose++: the dataset's own keypoints when its head answers; HF conversions answer with COCO's head.
-            candidate = get_keypoint_set(int(dataset_index))
-            if candidate.num_keypoints == k:
-                return candidate
-        return get_keypoint_set(KEYPOINT_SET_BY_COUNT.get(k, "coco"), num_keypoints=k)
+        return head_keypoint_set(self.model.config, dataset_index)
 
     def flip_permutation(self, dataset_index: int | None) -> list[int]:
         return self.keypoints_of(dataset_index).flip_permutation()
 
 
 KEYPOINT_SET_BY_COUNT = {17: "coco", 133: "coco_wholebody", 16: "mpii", 14: "aic"}
+
+
+def head_keypoints(config, dataset_index: int | None) -> int:
+    """How many keypoints the head answering `dataset_index` predicts (ViTPose++ keeps one head per dataset)."""
+    if dataset_index is None or not config.associate_heads:
+        return config.num_keypoints
+    return config.num_heads_out[int(dataset_index)]
+
+
+def head_keypoint_set(config, dataset_index: int | None) -> KeypointSet:
+    """Keypoint metadata of the head answering `dataset_index`, from the model's config alone."""
+    k = head_keypoints(config, dataset_index)
+    if dataset_index is not None:
+        # ViTPose++: the dataset's own keypoints when its head answers; HF conversions answer with COCO's head.
+        candidate = get_keypoint_set(int(dataset_index))
+        if candidate.num_keypoints == k:
+            return candidate
+    return get_keypoint_set(KEYPOINT_SET_BY_COUNT.get(k, "coco"), num_keypoints=k)
 
 
 def check_image(image: Any, index: int) -> np.ndarray:
