@@ -175,6 +175,7 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
         if record.get("created_by") not in (version, None):
             log.warning("%s was created by vitpose-batch %s; this run is %s (recorded per run in %s/)",
                         opts.output, record.get("created_by"), version, RUNS)
+        mark_dead_runs(opts.output)
         write_run_record(opts, run_id, "running", started, summary)
         summary.recovered = parts.recover_staging(opts.output)
         metadata = parts.part_metadata(wanted.as_dict(), keypoint_set.keypoint_names, keypoint_set.name, version, run_id)
@@ -285,6 +286,23 @@ def _keys(redo: dict[bytes, tuple[str, str]]):
     if not redo:
         return np.zeros((0, 2), np.uint64)
     return np.frombuffer(b"".join(redo), dtype=np.uint64).reshape(-1, 2)
+
+
+def mark_dead_runs(output: str) -> None:
+    """Runs recorded as running while we hold the lease died without a word (SIGKILL, lost node): say so."""
+    fs, folder = open_filesystem(output)
+    try:
+        records = [p for p in fs.ls(f"{folder}/{RUNS}", detail=False) if p.endswith(".json")]
+    except FileNotFoundError:
+        return
+    for path in records:
+        try:
+            record = json.loads(fs.cat_file(path))
+        except (ValueError, OSError):
+            continue
+        if record.get("status") == "running":
+            record.update(status="killed", ended=None)
+            fs.pipe_file(path, json.dumps(record, indent=2).encode())
 
 
 def write_run_record(opts: AnnotateOptions, run_id: str, status: str, started: float, summary: Summary,

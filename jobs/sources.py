@@ -26,6 +26,7 @@ from jobs.storage import read_json
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif")
 GLOB_CHARS = "*?["
 CHUNK_ROWS = 65_536  # listing rows per chunk: the driver never holds more of a streamed listing than this
+SMALL_BLOCKS = 64  # blocks of a single actor batch before blocks grow
 
 
 class InputError(ValueError):
@@ -193,9 +194,14 @@ def read_dataset(listing: Listing, new_items: Iterator[pa.Table], rows_per_block
         for chunk in new_items:
             items = pa.table({"image_uri": chunk.column("image_uri"), "image_id": chunk.column("image_id"),
                               "data": pa.nulls(chunk.num_rows, pa.large_binary())}, schema=ITEM_SCHEMA)
-            # blocks of whole actor batches: a block of 20 for batches of 16 would cost a 4-image call too
-            for start in range(0, items.num_rows, rows_per_block):
-                refs.append(ray.put(items.slice(start, rows_per_block)))
+            start = 0
+            while start < items.num_rows:
+                # Blocks of whole actor batches (a block of 20 for batches of 16 would cost a 4-image call too):
+                # one batch each at first, so a small run spreads over every actor, then ~1,024 rows, so 10^8
+                # images are 10^5 blocks, not 10^7.
+                rows = rows_per_block if len(refs) < SMALL_BLOCKS else rows_per_block * max(1, 1024 // rows_per_block)
+                refs.append(ray.put(items.slice(start, rows)))
+                start += rows
         return ray.data.from_arrow_refs(refs) if refs else None
     uris = listing.shards
     if listing.kind == "tar":
@@ -255,6 +261,10 @@ def parquet_members(batch: pa.Table, column: str) -> pa.Table:
 
 def drop_finished(batch: pa.Table, finished) -> pa.Table:
     """Shard members OUTPUT already holds, dropped where the data is (`finished`: a resume KeySet)."""
+    import ray
+
     from jobs.output.resume import uri_keys
 
+    if isinstance(finished, ray.ObjectRef):  # one copy in the object store, read by every task of the node
+        finished = ray.get(finished)
     return batch.filter(pa.array(~finished.contains(uri_keys(batch.column("image_uri")))))

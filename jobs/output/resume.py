@@ -42,7 +42,7 @@ class KeySet:
 
     def __init__(self, keys: np.ndarray) -> None:
         keys = keys.reshape(-1, 2)
-        order = np.lexsort((keys[:, 1], keys[:, 0]))
+        order = np.argsort(keys[:, 0])
         self.hi = np.ascontiguousarray(keys[order, 0])
         self.lo = np.ascontiguousarray(keys[order, 1])
 
@@ -52,16 +52,26 @@ class KeySet:
     def contains(self, keys: np.ndarray) -> np.ndarray:
         """Boolean mask: which of `keys` (n, 2) are in the set."""
         keys = keys.reshape(-1, 2)
-        if not len(self.hi) or not len(keys):
+        n = len(self.hi)
+        if not n or not len(keys):
             return np.zeros(len(keys), bool)
-        left = np.searchsorted(self.hi, keys[:, 0], "left")
-        right = np.searchsorted(self.hi, keys[:, 0], "right")
-        found = np.zeros(len(keys), bool)
-        single = right - left == 1
-        found[single] = self.lo[left[single]] == keys[single, 1]
-        for i in np.flatnonzero(right - left > 1):  # two keys sharing their upper 64 bits: ~never
-            found[i] = bool((self.lo[left[i]:right[i]] == keys[i, 1]).any())
-        return found
+        # sorted needles: numpy's binary search starts from the previous answer, which keeps it in cache
+        order = np.argsort(keys[:, 0])
+        hi, lo = keys[order, 0], keys[order, 1]
+        at = np.minimum(np.searchsorted(self.hi, hi), n - 1)
+        same_hi = self.hi[at] == hi
+        found = same_hi & (self.lo[at] == lo)
+        # two keys sharing their upper 64 bits (~never): look through the whole run of that upper half
+        for i in np.flatnonzero(same_hi & ~found):
+            end = at[i]
+            while end < n and self.hi[end] == hi[i]:
+                if self.lo[end] == lo[i]:
+                    found[i] = True
+                    break
+                end += 1
+        mask = np.empty(len(keys), bool)
+        mask[order] = found
+        return mask
 
     def without(self, keys: np.ndarray) -> KeySet:
         """A copy less `keys`."""
@@ -119,7 +129,6 @@ class ResumePlan:
     listed: int = 0
     already_done: int = 0
     new: int = 0
-    duplicates: int = 0
     redo: dict[bytes, tuple[str, str]] = field(default_factory=dict)  # candidates found in the listing
 
 
