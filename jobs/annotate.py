@@ -12,27 +12,33 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 
 from jobs.decode import decode_batch
+from jobs.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DETECTOR, DEFAULT_MODEL
+from jobs import signals
+from jobs.diagnostics import Diagnostics
+from jobs.progress import Progress
 from jobs.output import lease as leases
 from jobs.output import parts, provenance, resume
 from jobs.output.uris import canonical_prefix, canonical_uri
 from jobs.pose_worker import PoseWorker
-from jobs.sources import Listing, list_input, read_dataset
+from jobs.sources import Listing, files_dataset, shards_dataset
 from jobs.storage import open_filesystem
 from schemas.predictions import PREDICTION_SCHEMA
 
 log = logging.getLogger("vitpose_batch")
 
-DEFAULT_MODEL = "usyd-community/vitpose-base-simple"
-DEFAULT_DETECTOR = "PekingU/rtdetr_r50vd_coco_o365"
-# Environment the workers need to reach object storage and hubs; forwarded to a cluster through runtime_env.
+# Where workers find object storage and hubs: forwarded to a cluster's workers through runtime_env, which Ray's job
+# metadata and dashboard show to anyone who can reach them, so secrets never go this way (workers read credentials
+# from their own environment: a Kubernetes Secret in the manifests).
 FORWARDED_ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST", "FSSPEC_", "GCSFS_", "HF_", "NO_GCE_CHECK",
                           "VITPOSE_")
+SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|SESSION|AUTH", re.IGNORECASE)
 # How heatmaps become keypoints; part of every OUTPUT's provenance (PoseEstimator's defaults).
 DECODE_SETTINGS = {"crop": "udp", "padding": 1.25, "refine": "dark", "blur": "original"}
 RUNS = "_runs"
@@ -49,7 +55,7 @@ class AnnotateOptions:
     image_column: str | None = None
     flip_test: bool = False
     dataset_index: int | None = None
-    batch_size: int = 16  # images per actor call
+    batch_size: int = DEFAULT_BATCH_SIZE  # images per actor call
     crops_per_forward: int | None = None
     ray_address: str | None = None
     coco_json: str | None = None
@@ -75,6 +81,11 @@ class Summary:
     seconds: float = 0.0
     files: int = 0
     run_id: str = ""
+    dropped_boxes: int = 0
+    dropped_examples: list = field(default_factory=list)
+    retried_batches: int = 0
+    images_without_boxes: int = 0
+    boxes_file: str | None = None
     steady_crops_per_s: float | None = None  # between the first and the last batch: no start-up in it
     extra: dict = field(default_factory=dict)
 
@@ -84,11 +95,24 @@ class Summary:
         steady = f" ({self.steady_crops_per_s:.2f} crops/s after start-up)" if self.steady_crops_per_s else ""
         redone = f", {self.redone} error rows redone" if self.redone else ""
         recovered = f", {self.recovered} rows of a killed run recovered" if self.recovered else ""
-        return [
+        lines = [
             f"images: {self.images} ({self.skipped} already done before this run{redone}{recovered}), "
             f"persons: {self.persons}, error rows: {self.errors}, part files: {self.files}",
             f"time: {self.seconds:.1f} s, {rate:.2f} images/s, {crops:.2f} crops/s{steady}",
         ]
+        if self.dropped_boxes:
+            examples = "; ".join(self.dropped_examples[:3])
+            lines.append(f"unusable boxes left out: {self.dropped_boxes} (not finite, under a pixel, over 8x the "
+                         f"image, or outside it){': ' + examples if examples else ''}")
+        if self.retried_batches:
+            lines.append(f"batches retried image by image: {self.retried_batches}")
+        if self.boxes_file and self.images and self.images_without_boxes:
+            share = self.images_without_boxes / self.images
+            what = ("no image matched an entry of" if self.images_without_boxes == self.images
+                    else f"{self.images_without_boxes} of {self.images} images ({share:.0%}) are not in")
+            warning = " (are these the boxes of this INPUT?)" if share > 0.5 else ""
+            lines.append(f"boxes: {what} {self.boxes_file}, matched by file name or COCO id{warning}")
+        return lines
 
 
 def new_run_id() -> str:
@@ -119,37 +143,22 @@ def settings_of(opts: AnnotateOptions, keypoint_set: str | None) -> provenance.P
     )
 
 
-def model_keypoint_set(ref: str, dataset_index: int | None):
-    """The keypoint set the model's answering head predicts, read on the driver from the checkpoint."""
-    from vitpose_core.checkpoints import read_checkpoint
-    from vitpose_core.estimator import head_keypoint_set
-
-    config, _ = read_checkpoint(ref)
-    return head_keypoint_set(config, dataset_index)
-
-
 def run_annotate(opts: AnnotateOptions) -> Summary:
     """Run the whole job; raises a ValueError subclass with a one-line message when it cannot run."""
-    from jobs.refs import check_detector_ref, check_model_ref
+    from jobs.preflight import check_device, check_run
 
     # Every check comes before OUTPUT is touched: a refused run leaves OUTPUT byte-identical.
-    listing = list_input(opts.input, image_root=opts.image_root, image_column=opts.image_column)
-    check_model_ref(opts.model)
-    box_index = None
-    if opts.boxes:
-        from schemas.coco import load_boxes
-
-        box_index = load_boxes(opts.boxes, images=listing.coco_images)
-    elif opts.detector:
-        check_detector_ref(opts.detector)
-    else:
-        raise ValueError("no person boxes: pass --detector REF or --boxes FILE")
+    checked = check_run(opts)
+    listing, box_index, keypoint_set = checked.listing, checked.box_index, checked.keypoint_set
     check_coco_json(opts)
-    keypoint_set = model_keypoint_set(opts.model, opts.dataset_index)
     wanted = settings_of(opts, keypoint_set.name)
     record = provenance.load_record(opts.output)
     if record is not None:
         provenance.check_settings(opts.output, record, wanted)
+    address = opts.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        connect(address)  # joining a cluster is no work yet, and it tells whether the GPUs asked for exist
+    check_device(opts.device, address)
 
     run_id = new_run_id()
     try:
@@ -184,7 +193,9 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
         write_run_record(opts, run_id, "complete", started, summary)
     except BaseException as exc:
         summary.seconds = time.time() - started
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        status = "stopped" if isinstance(exc, (signals.Stopped, KeyboardInterrupt)) else "failed"
+        if isinstance(exc, signals.Stopped):
+            exc.summary = summary
         try:
             write_run_record(opts, run_id, status, started, summary, error=str(exc)[:500])
         except Exception:  # noqa: BLE001 - the original failure is the one to report
@@ -205,30 +216,40 @@ def execute(opts: AnnotateOptions, listing: Listing, box_index, lease, metadata:
 
     state = resume.scan_output(opts.output, retry_all_errors=opts.retry_errors)
     plan = resume.ResumePlan()
+    if box_index is not None:
+        summary.boxes_file = opts.boxes
+        summary.dropped_boxes = len(box_index.dropped)
+        summary.dropped_examples = box_index.dropped[:3]
     if listing.kind == "files":
         new_items = resume.filter_listing(listing.chunks(), state, plan)
+        if box_index is not None:
+            new_items = count_unmatched(new_items, box_index, summary)
         first = next(new_items, None)
-        if first is None:
+        if first is None and not listing.shards:  # the walk is over: it found every shard there is
             summary.skipped = plan.already_done
             log.info("every image of %s is already in %s: nothing to do", opts.input, opts.output)
             return
-        new_items = _chain(first, new_items)
+        new_items = _chain(first, new_items) if first is not None else iter(())
     else:
-        from schemas.coco import split_image_uri
-
-        shards = set(listing.shards)
-        plan.redo = {k: v for k, v in state.redo_candidates.items() if split_image_uri(v[0])[0] in shards}
         new_items = iter(())
 
-    connect(opts.ray_address)
+    if not ray.is_initialized():
+        connect(opts.ray_address)
     try:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0)
         device = ("cuda" if gpus else "cpu") if opts.device == "auto" else opts.device
         actors, actor_cpus, threads = plan_actors(resources, device, opts)
-        redo_keys = _keys(plan.redo)
-        items = read_dataset(listing, new_items, opts.batch_size, finished=state.finished.without(redo_keys),
-                             image_column=opts.image_column)
+        items = files_dataset(new_items, opts.batch_size) if listing.kind == "files" else None
+        if listing.shards:  # shard INPUT, or .tar shards found beside loose images (known once the walk is done)
+            from schemas.coco import split_image_uri
+
+            shards = set(listing.shards)
+            plan.redo.update({k: v for k, v in state.redo_candidates.items() if split_image_uri(v[0])[0] in shards})
+            members = shards_dataset("tar" if listing.kind != "parquet" else "parquet", listing.shards,
+                                     finished=state.finished.without(_keys(plan.redo)),
+                                     image_column=opts.image_column)
+            items = members if items is None else items.union(members)
         # the listing is consumed: the error rows about to be redone leave their parts before any new row lands
         summary.redone = resume.drop_redone_rows(opts.output, plan.redo)
         summary.skipped = plan.already_done if listing.kind == "files" else state.rows - summary.redone
@@ -253,19 +274,30 @@ def execute(opts: AnnotateOptions, listing: Listing, box_index, lease, metadata:
             num_gpus=1 if device.startswith("cuda") else 0,
             # Ray Data's actor pools restart a dead actor and re-run its batch (max_restarts / max_task_retries -1).
         )
+        diagnostics = Diagnostics()
+        progress = Progress(plan.new if listing.kind == "files" else None)
         writer = parts.PartWriter(opts.output, summary.run_id, PREDICTION_SCHEMA, metadata,
                                   rows_per_file=opts.rows_per_file, commit_interval=opts.commit_interval,
                                   check=lease.check)
         try:
             for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
-                writer.add(batch)
+                writer.add(diagnostics.take(batch))
+                progress.update(batch.num_rows)
             writer.close()
+        except leases.LeaseLost:
+            raise  # another run owns OUTPUT now: write nothing more
         except BaseException:
-            writer.abort()  # what arrived is committed to _staging/; the next run folds it in
+            try:
+                writer.close()  # the rows that arrived are good rows: commit them as the run's last part
+            except BaseException:
+                writer.abort()  # or at least to _staging/, where the next run folds them in
             raise
         finally:
+            progress.close()
             for key in ("images", "persons", "errors", "files"):
                 setattr(summary, key, writer.totals[key])
+            summary.dropped_boxes += diagnostics.dropped_boxes
+            summary.retried_batches = diagnostics.retried_batches
     finally:
         if opts.ray_address is None and not os.environ.get("RAY_ADDRESS"):
             ray.shutdown()
@@ -273,6 +305,16 @@ def execute(opts: AnnotateOptions, listing: Listing, box_index, lease, metadata:
     if len(arrivals) > 2 and arrivals[-1][0] > arrivals[0][0]:
         later = sum(persons for _, persons in arrivals[1:])
         summary.steady_crops_per_s = later / (arrivals[-1][0] - arrivals[0][0])
+
+
+def count_unmatched(chunks, box_index, summary: Summary):
+    """Pass listing chunks through, counting the images the boxes file does not know (summary.images_without_boxes)."""
+    from schemas.coco import image_name
+
+    for chunk in chunks:
+        for uri, image_id in zip(chunk.column("image_uri").to_pylist(), chunk.column("image_id").to_pylist()):
+            summary.images_without_boxes += not box_index.knows(file_name=image_name(uri), image_id=image_id)
+        yield chunk
 
 
 def _chain(first, rest):
@@ -321,19 +363,38 @@ def write_run_record(opts: AnnotateOptions, run_id: str, status: str, started: f
     fs.pipe_file(f"{folder}/{RUNS}/{run_id}.json", json.dumps(record, indent=2).encode())
 
 
+def quiet_ray() -> None:
+    """Ray's own chatter off the user's terminal: the job prints its progress, summary and workers' warnings."""
+    import ray.data
+
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the driver's native core worker logs to stderr
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours count images, not blocks
+    for name in ["ray", "ray.data", *logging.root.manager.loggerDict]:
+        if name == "ray" or name.startswith("ray."):
+            # token auth is on, as it should be; progress is ours
+            quiet = "authentication" in name or "progress" in name
+            logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.WARNING)
+
+
+def worker_env(environ: dict[str, str]) -> dict[str, str]:
+    """The part of `environ` a cluster's workers get through runtime_env: endpoints and options, never secrets."""
+    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and not SECRET_NAME.search(k)}
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS); otherwise start Ray in this process."""
     import ray
 
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-    runtime_env = {"env_vars": env} if env else None
+    quiet_ray()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        env = worker_env(dict(os.environ))
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=False)
     else:
-        # In-process Ray talks to itself over loopback.
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
+        # In-process Ray: its workers inherit this process's environment, nothing to forward. Loopback only.
+        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    quiet_ray()  # again: ray.init configures loggers of its own
+    signals.reinstall()
 
 
 def plan_actors(resources: dict, device: str, opts: AnnotateOptions) -> tuple[int, float, int | None]:

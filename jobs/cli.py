@@ -6,14 +6,52 @@ import argparse
 import json
 import logging
 import sys
+import threading
 
-from jobs.annotate import DEFAULT_DETECTOR, DEFAULT_MODEL, AnnotateOptions
-from jobs.output.parts import DEFAULT_COMMIT_INTERVAL_S, DEFAULT_ROWS_PER_FILE
+from jobs import signals
+from jobs.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_COMMIT_INTERVAL_S,
+    DEFAULT_DETECTOR,
+    DEFAULT_MODEL,
+    DEFAULT_ROWS_PER_FILE,
+)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose refusals are one line on stderr (exit 2), like every other refusal of the CLI."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse type: `kind` within [low, high] (low excluded when low_open), refused in words otherwise."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if low_open else '>='} {low:g}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text} must be <= {high:g}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE = number(int, 1)
+SCORE = number(float, 0.0, 1.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitpose-batch", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="vitpose-batch", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     annotate = commands.add_parser("annotate", help="put keypoints on every image of INPUT, rows under OUTPUT")
     annotate.add_argument("input", help="folder / prefix / glob of images, .tar or Parquet shards, or a COCO JSON")
@@ -27,20 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--image-root", help="where a COCO JSON INPUT's file_name entries live")
     annotate.add_argument("--image-column", help="Parquet shards: the column holding encoded image bytes")
     annotate.add_argument("--flip-test", action="store_true", help="average with mirrored crops")
-    annotate.add_argument("--dataset-index", type=int, help="ViTPose++ dataset (0 COCO ... 5 COCO-WholeBody)")
-    annotate.add_argument("--batch-size", type=int, default=16, help="images per actor call (default 16)")
-    annotate.add_argument("--crops-per-forward", type=int, help="crops per model forward (default 8 CPU, 64 GPU)")
+    annotate.add_argument("--dataset-index", type=number(int, 0), help="ViTPose++ dataset (0 COCO ... 5 COCO-WholeBody)")
+    annotate.add_argument("--batch-size", type=POSITIVE, default=DEFAULT_BATCH_SIZE,
+                          help=f"images per actor call (default {DEFAULT_BATCH_SIZE})")
+    annotate.add_argument("--crops-per-forward", type=POSITIVE, help="crops per model forward (default 8 CPU, 64 GPU)")
     annotate.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else Ray in-process)")
     annotate.add_argument("--coco-json", help="also write COCO keypoint results to this file")
-    annotate.add_argument("--device", default="auto", help="auto (cuda when the cluster has GPUs), cpu, cuda")
+    annotate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (cuda when the cluster has GPUs), cpu, cuda")
     annotate.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="model precision (default fp32)")
-    annotate.add_argument("--actors", type=int, help="pose actors at most (default: one per GPU, or CPUs allow)")
-    annotate.add_argument("--cpus-per-actor", type=float, help="CPUs each pose actor asks for")
+    annotate.add_argument("--actors", type=POSITIVE, help="pose actors at most (default: one per GPU, or CPUs allow)")
+    annotate.add_argument("--cpus-per-actor", type=number(float, 0.0, low_open=True), help="CPUs each pose actor asks for")
     annotate.add_argument("--retry-errors", action="store_true",
                           help="redo every error row (by default a re-run redoes only failures that may pass)")
-    annotate.add_argument("--rows-per-file", type=int, default=DEFAULT_ROWS_PER_FILE,
+    annotate.add_argument("--rows-per-file", type=POSITIVE, default=DEFAULT_ROWS_PER_FILE,
                           help=f"rows per Parquet part (default {DEFAULT_ROWS_PER_FILE:,}; fewer only in a run's last)")
-    annotate.add_argument("--commit-interval", type=float, default=DEFAULT_COMMIT_INTERVAL_S,
+    annotate.add_argument("--commit-interval", type=number(float, 0.0), default=DEFAULT_COMMIT_INTERVAL_S,
                           help="seconds between commits of finished rows: the most work a killed run loses "
                                f"(default {DEFAULT_COMMIT_INTERVAL_S:.0f})")
 
@@ -56,28 +95,43 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output_json")
     export.add_argument("--format", choices=["results", "dataset"], default="results",
                         help="results: [{image_id, keypoints, score}]; dataset: images + annotations + categories")
-    export.add_argument("--min-person-score", type=float, default=0.0, help="leave out persons scored below")
-    export.add_argument("--min-keypoint-score", type=float, default=0.0,
+    export.add_argument("--min-person-score", type=SCORE, default=0.0, help="leave out persons scored below")
+    export.add_argument("--min-keypoint-score", type=SCORE, default=0.0,
                         help="dataset format: keypoints scored below are exported unlabelled (v=0)")
 
     render = commands.add_parser("render", help="draw keypoints and skeletons on a sample of annotated images")
     render.add_argument("predictions")
     render.add_argument("outdir")
-    render.add_argument("--sample", type=int, default=16, help="how many images (default 16)")
+    render.add_argument("--sample", type=number(int, 0), default=16, help="how many images (default 16)")
     render.add_argument("--seed", type=int, default=0)
-    render.add_argument("--min-person-score", type=float, default=0.0)
-    render.add_argument("--keypoint-threshold", type=float, default=0.3)
+    render.add_argument("--min-person-score", type=SCORE, default=0.0)
+    render.add_argument("--keypoint-threshold", type=SCORE, default=0.3)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if threading.current_thread() is threading.main_thread():
+        signals.install()
     try:
         return COMMANDS[args.command](args)
+    except signals.Stopped as stop:
+        print(f"vitpose-batch {args.command}: {stopped_line(stop, args)}", file=sys.stderr)
+        return 128 + stop.signum
     except Exception as exc:  # noqa: BLE001 - every failure ends as one line and a non-zero status
         print(f"vitpose-batch {args.command}: error: {one_line_reason(exc)}", file=sys.stderr)
         return 2
+
+
+def stopped_line(stop: signals.Stopped, args: argparse.Namespace) -> str:
+    summary = getattr(stop, "summary", None)
+    if args.command != "annotate":
+        return f"stopped by {stop}"
+    if summary is None:
+        return f"stopped by {stop} before any work; OUTPUT {args.output} is as it was"
+    return (f"stopped by {stop}: {summary.images} images of this run are committed under {args.output} (with "
+            f"{summary.skipped} from before); the same command resumes from there")
 
 
 def one_line_reason(exc: BaseException) -> str:
@@ -93,7 +147,7 @@ def one_line_reason(exc: BaseException) -> str:
 
 
 def annotate_command(args: argparse.Namespace) -> int:
-    from jobs.annotate import run_annotate
+    from jobs.annotate import AnnotateOptions, run_annotate
 
     options = AnnotateOptions(
         input=args.input, output=args.output, model=args.model,
@@ -145,5 +199,18 @@ COMMANDS = {"annotate": annotate_command, "evaluate": evaluate_command, "export-
             "render": render_command}
 
 
+def entry() -> None:
+    """The `vitpose-batch` console script: annotate runs in a watched child process (see jobs.supervisor)."""
+    import os
+
+    from jobs.supervisor import SUPERVISED, supervise
+
+    argv = sys.argv[1:]
+    if argv[:1] == ["annotate"] and not os.environ.get(SUPERVISED):
+        build_parser().parse_args(argv)  # refusals of the command line stay one line, from here
+        sys.exit(supervise(argv))
+    sys.exit(main(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

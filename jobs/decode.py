@@ -7,7 +7,9 @@ or decoded becomes a row with `error` set; the job goes on.
 from __future__ import annotations
 
 import io
+import re
 import time
+import warnings
 
 import fsspec
 import numpy as np
@@ -63,12 +65,17 @@ def decode_image(data: bytes) -> np.ndarray:
     if not data:
         raise ImageError("empty file")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large but within the limit: decode
+            with Image.open(io.BytesIO(data)) as image:
+                return to_rgb(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", str(exc))
+        size = f" ({int(found[1]):,} pixels, limit {int(found[2]):,})" if found else ""
+        raise ImageError(f"image too large{size}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"corrupt or truncated image: {exc}") from None
 
 

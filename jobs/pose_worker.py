@@ -1,9 +1,16 @@
-"""The pose stage: a Ray actor that loads the detector and ViTPose once, then turns decoded batches into rows."""
+"""The pose stage: a Ray actor that loads the detector and ViTPose once, then turns decoded batches into rows.
+
+Besides the prediction columns each output batch carries diagnostics for the driver (stripped before rows are
+written): `_dropped_boxes` (unusable boxes left out, per image), `_retried` (the batch failed whole and was retried
+image by image) and `_notes` (warnings raised in the actor, on the batch's first row). The driver reports each note
+once, so warnings reach the user without Ray's worker log stream.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -28,11 +35,14 @@ class PoseWorker:
         if threads:
             torch.set_num_threads(threads)
         self.dataset_index = dataset_index
-        self.estimator = vc.PoseEstimator(
-            vc.load_pose_model(model, device=device, dtype=dtype),
-            detector=vc.load_detector(detector, device=device) if detector else None,
-            flip_test=flip_test, device=device, batch_size=crops_per_forward,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.estimator = vc.PoseEstimator(
+                vc.load_pose_model(model, device=device, dtype=dtype),
+                detector=vc.load_detector(detector, device=device) if detector else None,
+                flip_test=flip_test, device=device, batch_size=crops_per_forward,
+            )
+        self.notes = [str(w.message) for w in caught]  # sent with the next batch
         self.decode, self.boxes = decode, boxes
         fault = os.environ.get("VITPOSE_TEST_KILL_AFTER")  # test-only fault hook: die once after N batches
         self.kill_after = int(fault) if fault else None
@@ -47,20 +57,32 @@ class PoseWorker:
         errors = [row["error"] for row in rows]
         retryable = [row["error_retryable"] for row in rows]
         good = [i for i, row in enumerate(rows) if row["error"] is None]
-        try:
-            self.estimate(rows, good, persons)
-        except Exception as exc:  # noqa: BLE001 - isolate the image that broke the batch, keep the others
-            log.warning("batch failed (%s); retrying image by image", exc)
-            for i in good:
-                try:
-                    self.estimate(rows, [i], persons)
-                except Exception as single:  # noqa: BLE001
-                    errors[i] = f"pose estimation failed: {type(single).__name__}: {single}"
-                    retryable[i] = True  # out of memory, a device fault: may pass on a re-run
-        return make_table(
+        retried = False
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                self.estimate(rows, good, persons)
+            except Exception as exc:  # noqa: BLE001 - isolate the image that broke the batch, keep the others
+                retried = True
+                self.notes.append(f"a batch failed ({type(exc).__name__}: {str(exc)[:200]}); retried image by image")
+                for i in good:
+                    try:
+                        self.estimate(rows, [i], persons)
+                    except Exception as single:  # noqa: BLE001
+                        errors[i] = f"pose estimation failed: {type(single).__name__}: {single}"
+                        retryable[i] = True  # out of memory, a device fault: may pass on a re-run
+        self.notes += [str(w.message) for w in caught]
+        table = make_table(
             [r["image_uri"] for r in rows], [r["image_id"] for r in rows],
             [r["width"] for r in rows], [r["height"] for r in rows], persons, errors, retryable,
         )
+        given = [len(r["boxes"]) // 4 if r["boxes"] is not None and e is None else 0 for r, e in zip(rows, errors)]
+        dropped = [max(0, n - len(p)) for n, p in zip(given, persons)]
+        notes = ([list(dict.fromkeys(self.notes))] + [[] for _ in rows[1:]]) if rows else []
+        self.notes = []
+        return (table.append_column("_dropped_boxes", pa.array(dropped, pa.int32()))
+                .append_column("_retried", pa.array([retried] + [False] * (len(rows) - 1) if rows else [], pa.bool_()))
+                .append_column("_notes", pa.array(notes, pa.list_(pa.string()))))
 
     def estimate(self, rows: list[dict], indices: list[int], persons: list[list[dict]]) -> None:
         if not indices:

@@ -55,6 +55,10 @@ def _is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _is_tar(path: str) -> bool:
+    return path.lower().endswith(".tar")
+
+
 def _chunked(uris: Iterator[str], ids: Iterator[int | None] | None = None) -> Iterator[pa.Table]:
     batch_uris: list[str] = []
     batch_ids: list[int | None] = []
@@ -153,11 +157,23 @@ def list_input(input_uri: str, image_root: str | None = None, image_column: str 
         return Listing("parquet", lambda: iter(()), shards=shards)
     first_image = next(walk(_is_image), None)
     if first_image is None:
-        tars = list(walk(lambda p: p.endswith(".tar")))
+        tars = list(walk(_is_tar))
         if tars:
             return Listing("tar", lambda: iter(()), shards=tars)
         raise InputError(f"input {input_uri!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return Listing("files", lambda: _chunked(walk(_is_image)))
+    # loose images, and maybe .tar shards beside them: the shards are noted as the walk meets them and read too
+    listing = Listing("files", lambda: iter(()), shards=[])
+
+    def images() -> Iterator[str]:
+        listing.shards.clear()
+        for path in walk(lambda p: _is_image(p) or _is_tar(p)):
+            if _is_tar(path):
+                listing.shards.append(path)
+            else:
+                yield path
+
+    listing.chunks = lambda: _chunked(images())
+    return listing
 
 
 def list_coco(input_uri: str, image_root: str | None) -> Listing:
@@ -179,32 +195,38 @@ def list_coco(input_uri: str, image_root: str | None) -> Listing:
 ITEM_SCHEMA = pa.schema([("image_uri", pa.string()), ("image_id", pa.int64()), ("data", pa.large_binary())])
 
 
-def read_dataset(listing: Listing, new_items: Iterator[pa.Table], rows_per_block: int, finished=None,
-                 image_column: str | None = None):
-    """A Ray Dataset of ITEM_SCHEMA rows to label.
+def files_dataset(new_items: Iterator[pa.Table], rows_per_block: int):
+    """A Ray Dataset of ITEM_SCHEMA rows for image files, or None when there are none.
 
-    Files: `new_items` (listing chunks already filtered against OUTPUT) are put in the object store block by
-    block, so the driver holds refs, not the listing. Shards: members are only known once a worker opens a shard,
-    so `finished` (a resume KeySet) travels to the workers and filters there.
+    `new_items` (listing chunks already filtered against OUTPUT) are put in the object store block by block, so the
+    driver holds refs, not the listing.
     """
     import ray
 
-    if listing.kind == "files":
-        refs = []
-        for chunk in new_items:
-            items = pa.table({"image_uri": chunk.column("image_uri"), "image_id": chunk.column("image_id"),
-                              "data": pa.nulls(chunk.num_rows, pa.large_binary())}, schema=ITEM_SCHEMA)
-            start = 0
-            while start < items.num_rows:
-                # Blocks of whole actor batches (a block of 20 for batches of 16 would cost a 4-image call too):
-                # one batch each at first, so a small run spreads over every actor, then ~1,024 rows, so 10^8
-                # images are 10^5 blocks, not 10^7.
-                rows = rows_per_block if len(refs) < SMALL_BLOCKS else rows_per_block * max(1, 1024 // rows_per_block)
-                refs.append(ray.put(items.slice(start, rows)))
-                start += rows
-        return ray.data.from_arrow_refs(refs) if refs else None
-    uris = listing.shards
-    if listing.kind == "tar":
+    refs = []
+    for chunk in new_items:
+        items = pa.table({"image_uri": chunk.column("image_uri"), "image_id": chunk.column("image_id"),
+                          "data": pa.nulls(chunk.num_rows, pa.large_binary())}, schema=ITEM_SCHEMA)
+        start = 0
+        while start < items.num_rows:
+            # Blocks of whole actor batches (a block of 20 for batches of 16 would cost a 4-image call too): one
+            # batch each at first, so a small run spreads over every actor, then ~1,024 rows, so 10^8 images are
+            # 10^5 blocks, not 10^7.
+            rows = rows_per_block if len(refs) < SMALL_BLOCKS else rows_per_block * max(1, 1024 // rows_per_block)
+            refs.append(ray.put(items.slice(start, rows)))
+            start += rows
+    return ray.data.from_arrow_refs(refs) if refs else None
+
+
+def shards_dataset(kind: str, uris: list[str], finished=None, image_column: str | None = None):
+    """A Ray Dataset of ITEM_SCHEMA rows for the members of WebDataset `.tar` or Parquet shards.
+
+    Members are only known once a worker opens a shard, so `finished` (a resume KeySet) travels to the workers and
+    filters there.
+    """
+    import ray
+
+    if kind == "tar":
         fs, _ = fsspec.core.url_to_fs(uris[0])
         ds = ray.data.read_webdataset(
             [fsspec.core.url_to_fs(u)[1] for u in uris], decoder=None, filesystem=arrow_filesystem(fs),
@@ -230,18 +252,23 @@ def arrow_filesystem(fs: fsspec.AbstractFileSystem):
     return PyFileSystem(FSSpecHandler(fs))
 
 
+def _is_image_column(column: str) -> bool:
+    # read_webdataset splits a member name at its first dot: `a.b.jpg` is key `a`, column `b.jpg`
+    return column.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def tar_members(batch: pa.Table, protocol: str) -> pa.Table:
-    """read_webdataset rows (one column per extension) -> ITEM_SCHEMA rows: the first image member of each key."""
-    image_columns = [c for c in batch.column_names if "." + c.lower() in IMAGE_EXTENSIONS]
+    """read_webdataset rows (one column per member suffix) -> ITEM_SCHEMA rows, one per image member: a key with a
+    `.jpg` and a `.png` member is two images, and a member named with extra dots (`a.b.jpg`) keeps its name."""
+    image_columns = [c for c in batch.column_names if not c.startswith("__") and _is_image_column(c)]
     uris, data = [], []
     urls, keys = batch.column("__url__").to_pylist(), batch.column("__key__").to_pylist()
     columns = {c: batch.column(c).to_pylist() for c in image_columns}
     for row, (url, key) in enumerate(zip(urls, keys)):
-        found = next(((c, columns[c][row]) for c in image_columns if columns[c][row] is not None), None)
-        if found is None:
-            continue  # a sample with no image member (labels only): nothing to annotate
-        uris.append(f"{protocol}{url.lstrip('/') if protocol else url}#{key}.{found[0]}")
-        data.append(found[1])
+        for column in image_columns:  # a sample with no image member (labels only) has nothing to annotate
+            if columns[column][row] is not None:
+                uris.append(f"{protocol}{url.lstrip('/') if protocol else url}#{key}.{column}")
+                data.append(columns[column][row])
     return pa.table({"image_uri": uris, "image_id": [None] * len(uris), "data": data}, schema=ITEM_SCHEMA)
 
 

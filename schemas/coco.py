@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import posixpath
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -170,7 +171,9 @@ class BoxIndex:
         self._scores = scores
         self._names = names  # None: no image list, integer stems name images
         self._ambiguous = ambiguous or set()
+        self._known_ids = set((names or {}).values())
         self.source = source
+        self.dropped: list[str] = []  # unusable boxes left out when the file was read (why, naming each item)
 
     def __len__(self) -> int:
         """Number of images with at least one box."""
@@ -199,6 +202,14 @@ class BoxIndex:
             )
         return self._names.get(base)
 
+    def knows(self, file_name: str | None = None, image_id: int | None = None) -> bool:
+        """Whether the file speaks of this image at all: listed in its images[] (boxes or none), or given boxes."""
+        if image_id is None and file_name is not None:
+            image_id = self.image_id_for(file_name)
+        if image_id is None:
+            return False
+        return int(image_id) in self._boxes or (self._names is not None and int(image_id) in self._known_ids)
+
     def boxes_for(
         self, file_name: str | None = None, image_id: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -220,14 +231,23 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_box(uri: str, where: str, item: Mapping, need_score: bool) -> None:
+def _check_box(uri: str, where: str, item: Mapping, need_score: bool) -> str | None:
+    """Refuse an item that is not a box at all (one line naming the file and item); return why a well-formed box is
+    unusable (not finite, no area), for it to be dropped on its own, or None."""
     bbox = item.get("bbox")
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_number(v) for v in bbox)):
         raise _bad(uri, f"{where} has no bbox of 4 numbers (got {str(bbox)[:60]})")
     if not _number(item.get("image_id")):
         raise _bad(uri, f"{where} has no numeric image_id")
-    if need_score and not _number(item.get("score")):
-        raise _bad(uri, f"{where} has no numeric score")
+    if need_score:
+        score = item.get("score")
+        if not _number(score) or not math.isfinite(score) or not 0.0 <= score <= 1.0:
+            raise _bad(uri, f"{where} has score {score!r}; scores must be finite numbers in [0, 1]")
+    if not all(math.isfinite(v) for v in bbox):
+        return f"{where}: bbox {bbox} is not finite"
+    if bbox[2] <= 0 or bbox[3] <= 0:
+        return f"{where}: bbox {bbox} has no area"
+    return None
 
 
 def _name_map(uri: str, images: Sequence[Mapping]) -> tuple[dict[str, int], set[str]]:
@@ -258,8 +278,9 @@ def load_boxes(uri: str, images: Sequence[Mapping] | None = None) -> BoxIndex:
     * a COCO detection-results file (a JSON list of `{image_id, category_id, bbox, score}`): category 1 only;
       file names come from `images` (COCO image dicts, e.g. of a COCO JSON input) or, failing that, integer stems.
 
-    Boxes are kept as written (xywh, float32), in file order. Anything else raises a one-line ValueError naming
-    the file and the problem.
+    Boxes are kept as written (xywh, float32), in file order; a box that is not finite or has no area is dropped on
+    its own (listed in `index.dropped`), the image's other boxes kept. Scores must be finite and in [0, 1]. Anything
+    else raises a one-line ValueError naming the file and the problem.
     """
     import fsspec
 
@@ -277,6 +298,7 @@ def load_boxes(uri: str, images: Sequence[Mapping] | None = None) -> BoxIndex:
 
     box_lists: dict[int, list] = {}
     score_lists: dict[int, list] = {}
+    dropped: list[str] = []
     if isinstance(data, dict):
         missing = [k for k in ("images", "annotations") if not isinstance(data.get(k), list)]
         if missing:
@@ -288,7 +310,9 @@ def load_boxes(uri: str, images: Sequence[Mapping] | None = None) -> BoxIndex:
                 raise _bad(uri, f"annotations[{i}] is not an object")
             if ann.get("category_id") != PERSON_CATEGORY_ID or ann.get("iscrowd", 0):
                 continue
-            _check_box(uri, f"annotations[{i}]", ann, need_score=False)
+            if problem := _check_box(uri, f"annotations[{i}]", ann, need_score=False):
+                dropped.append(problem)
+                continue
             box_lists.setdefault(int(ann["image_id"]), []).append(ann["bbox"])
             score_lists.setdefault(int(ann["image_id"]), []).append(1.0)
     elif isinstance(data, list):
@@ -301,7 +325,9 @@ def load_boxes(uri: str, images: Sequence[Mapping] | None = None) -> BoxIndex:
                 raise _bad(uri, f"item {i} has no category_id")
             if det["category_id"] != PERSON_CATEGORY_ID:
                 continue
-            _check_box(uri, f"item {i}", det, need_score=True)
+            if problem := _check_box(uri, f"item {i}", det, need_score=True):
+                dropped.append(problem)
+                continue
             box_lists.setdefault(int(det["image_id"]), []).append(det["bbox"])
             score_lists.setdefault(int(det["image_id"]), []).append(det["score"])
     else:
@@ -311,7 +337,9 @@ def load_boxes(uri: str, images: Sequence[Mapping] | None = None) -> BoxIndex:
     names, ambiguous = (None, set()) if file_images is None else _name_map(uri, file_images)
     boxes = {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in box_lists.items()}
     scores = {k: np.asarray(v, np.float32).reshape(-1) for k, v in score_lists.items()}
-    return BoxIndex(boxes, scores, names, ambiguous, source=uri)
+    index = BoxIndex(boxes, scores, names, ambiguous, source=uri)
+    index.dropped = dropped
+    return index
 
 
 # ----------------------------------------------------------------------------------------------------------------

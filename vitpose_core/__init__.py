@@ -9,6 +9,7 @@
 from .checkpoints import CheckpointError, load_pose_model
 from .decoding import decode_heatmaps
 from .detectors import DetectorError, load_detector
+from .devices import DeviceError
 from .drawing import draw_poses, draw_poses_from_result
 from .estimator import PoseEstimator
 from .keypoint_sets import KeypointSet, get_keypoint_set
@@ -17,6 +18,7 @@ from .model import ViTPose, ViTPoseConfig
 __all__ = [
     "CheckpointError",
     "DetectorError",
+    "DeviceError",
     "KeypointSet",
     "PoseEstimator",
     "ViTPose",

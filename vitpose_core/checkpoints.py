@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .devices import check_device
 from .hub import HUB_ID, hub_snapshot, local_path, one_line
 from .keypoint_sets import VITPOSE_PLUS_DATASETS
 from .model import HEADS_BY_WIDTH, ViTPose, ViTPoseConfig
@@ -46,6 +47,7 @@ def load_pose_model(
     `dtype`: None / "fp32" (default), "fp16", "bf16", or a torch dtype.
     """
     target_dtype = resolve_dtype(dtype)
+    check_device(device)
     name = str(ref)
     config, state_dict = read_checkpoint(name)
     model = build_model(config, state_dict, name)

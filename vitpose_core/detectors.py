@@ -72,6 +72,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .devices import check_device
 from .hub import HUB_ID, copy_remote, hub_snapshot, local_path, one_line
 
 __all__ = [
@@ -343,6 +344,7 @@ def load_detector(
     """
     name = str(ref)
     device = str(device)
+    check_device(device)
     if score_threshold is not None:
         try:
             score_threshold = float(score_threshold)

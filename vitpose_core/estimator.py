@@ -14,6 +14,7 @@ import torch
 
 from .crops import boxes_to_center_scale, normalize, warp_crops_cv2, warp_crops_torch
 from .decoding import decode_heatmaps, flip_back, rescore
+from .devices import check_device
 from .keypoint_sets import KeypointSet, get_keypoint_set
 from .model import ViTPose
 
@@ -43,7 +44,7 @@ class PoseEstimator:
         compile: bool = False,
         keypoint_set: KeypointSet | str | None = None,
     ) -> None:
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.model = model.to(self.device).eval()
         self.dtype = next(model.parameters()).dtype
         self.detector = detector
@@ -72,7 +73,8 @@ class PoseEstimator:
     ) -> list[dict[str, np.ndarray]]:
         """Keypoints for every person of every image; see the module docstring.
 
-        Boxes that cannot be cropped (zero or negative size, wholly outside the image) are left out of the results.
+        Boxes that cannot be cropped (under a pixel, over 8x the image, wholly outside it) are left out of the
+        results.
         """
         images = [check_image(image, i) for i, image in enumerate(images)]
         if boxes is None:
@@ -211,11 +213,17 @@ def check_image(image: Any, index: int) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+MAX_BOX_TO_IMAGE = 8.0  # a "person" box larger than 8x the image's longer side is no person
+
+
 def usable_boxes(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-    """Mask of boxes a crop can be taken from: positive width and height, overlapping the image at all."""
+    """Mask of boxes a crop can be taken from: at least a pixel wide and high, at most MAX_BOX_TO_IMAGE times the
+    image's longer side, overlapping the image."""
     height, width = image_hw
     x, y, w, h = boxes.T
-    return (w > 0) & (h > 0) & (x < width) & (y < height) & (x + w > 0) & (y + h > 0)
+    limit = MAX_BOX_TO_IMAGE * max(height, width)
+    return ((w >= 1) & (h >= 1) & (w <= limit) & (h <= limit)
+            & (x < width) & (y < height) & (x + w > 0) & (y + h > 0))
 
 
 def check_boxes(boxes: Any, index: int) -> np.ndarray:

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.defaults import DEFAULT_BYTES_PER_FILE, DEFAULT_COMMIT_INTERVAL_S, DEFAULT_ROWS_PER_FILE
 from jobs.storage import is_local, open_filesystem
 
 log = logging.getLogger("vitpose_batch")
@@ -43,9 +44,6 @@ PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
 STAGING = "_staging"
 STAGED_SUFFIX = ".staged"
-DEFAULT_ROWS_PER_FILE = 50_000
-DEFAULT_BYTES_PER_FILE = 128 << 20
-DEFAULT_COMMIT_INTERVAL_S = 30.0
 ROW_GROUP_ROWS = 10_000
 
 

@@ -1,0 +1,8 @@
+"""Defaults the command line shows and the jobs use (no heavy imports: `vitpose-batch --help` stays instant)."""
+
+DEFAULT_MODEL = "usyd-community/vitpose-base-simple"  # Hugging Face hub id, as on the seed page
+DEFAULT_DETECTOR = "PekingU/rtdetr_r50vd_coco_o365"  # the seed page's RT-DETR person detector
+DEFAULT_ROWS_PER_FILE = 50_000
+DEFAULT_BYTES_PER_FILE = 128 << 20
+DEFAULT_COMMIT_INTERVAL_S = 30.0
+DEFAULT_BATCH_SIZE = 16
