@@ -233,8 +233,8 @@ def execute(opts: AnnotateOptions, listing: Listing, box_index, lease, metadata:
     else:
         new_items = iter(())
 
-    if not ray.is_initialized():
-        connect(opts.ray_address)
+    started_here = not ray.is_initialized() and not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
+    connect(opts.ray_address)
     try:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0)
@@ -299,7 +299,7 @@ def execute(opts: AnnotateOptions, listing: Listing, box_index, lease, metadata:
             summary.dropped_boxes += diagnostics.dropped_boxes
             summary.retried_batches = diagnostics.retried_batches
     finally:
-        if opts.ray_address is None and not os.environ.get("RAY_ADDRESS"):
+        if started_here:
             ray.shutdown()
     arrivals = writer.arrivals
     if len(arrivals) > 2 and arrivals[-1][0] > arrivals[0][0]:
@@ -382,9 +382,12 @@ def worker_env(environ: dict[str, str]) -> dict[str, str]:
 
 
 def connect(address: str | None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS); otherwise start Ray in this process."""
+    """Join the cluster at `address` (or RAY_ADDRESS); otherwise start Ray in this process. A process already
+    connected (a library user's, or a test's earlier run) stays connected."""
     import ray
 
+    if ray.is_initialized():
+        return
     quiet_ray()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -63,7 +63,7 @@ def test_exif_orientations_decode_upright(tmp_path):
         np.testing.assert_array_equal(decode_image(path.read_bytes()), expected, err_msg=f"orientation {orientation}")
 
 
-def test_messy_corpus_one_row_per_file(tmp_path, tiny_model):
+def test_messy_corpus_one_row_per_file(tmp_path, tiny_model, monkeypatch, capsys):
     """Corrupt, truncated, empty and fake files, odd colour modes, all EXIF orientations, huge and tiny images, bad
     boxes: one row per file, a specific error on each bad one, persons on the good ones, exit status 0."""
     person = coco_data.load("coco-val-4")[0]  # one person, ground-truth box
@@ -105,8 +105,15 @@ def test_messy_corpus_one_row_per_file(tmp_path, tiny_model):
     box_file.write_text(json.dumps(detections))
 
     output = tmp_path / "out"
+    secret = "s3cr3t-" + os.urandom(4).hex()
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)  # never written anywhere
     assert cli(["annotate", str(corpus), str(output), "--model", tiny_model, "--boxes", str(box_file),
                 "--batch-size", "4"]) == 0
+    printed = capsys.readouterr()
+    # two boxes without area dropped when the file was read, one outside its image dropped by the actor
+    assert "unusable boxes left out: 3" in printed.out, printed.out
+    assert all(secret.encode() not in p.read_bytes() for p in output.rglob("*") if p.is_file())
+    assert secret not in printed.out + printed.err
     rows = {r["image_uri"].rsplit("/", 1)[1]: r for t in iter_prediction_tables(str(output)) for r in t.to_pylist()}
     assert sorted(rows) == sorted(expected)
     for name, (kind, value) in expected.items():
