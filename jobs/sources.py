@@ -254,7 +254,7 @@ def arrow_filesystem(fs: fsspec.AbstractFileSystem):
 
 def _is_image_column(column: str) -> bool:
     # read_webdataset splits a member name at its first dot: `a.b.jpg` is key `a`, column `b.jpg`
-    return column.lower().endswith(IMAGE_EXTENSIONS)
+    return ("." + column.lower()).endswith(IMAGE_EXTENSIONS)
 
 
 def tar_members(batch: pa.Table, protocol: str) -> pa.Table:

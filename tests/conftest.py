@@ -7,6 +7,7 @@ binary skips the test, except under CI=true where it fails.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -22,6 +23,47 @@ _S3_ENV_UNSET = (
     "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
     "AWS_CA_BUNDLE",
 )
+
+
+# Every Ray the tests start, in this process or in the jobs they launch, keeps its files under a folder of its own
+# (Ray's Unix socket paths must stay under 108 bytes: a short name under /tmp), never /tmp/ray of another Ray.
+os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="vpray", dir="/tmp")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture
+def shared_ray():
+    """One in-process Ray for the in-process jobs of the session: started on first use, kept between tests (a job
+    that finds Ray running joins it and leaves it running), stopped when the session ends."""
+    ensure_shared_ray()
+    yield
+
+
+def ensure_shared_ray() -> None:
+    import ray
+
+    from jobs.annotate import connect
+
+    if not ray.is_initialized():
+        connect(None)
+
+
+@pytest.fixture
+def own_ray():
+    """For a test whose job must start its own Ray: its workers must see environment the test sets."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def _missing(what: str) -> None:

@@ -75,7 +75,7 @@ def assert_rows_match(rows: dict[str, dict], gts, expected: list[dict]) -> None:
             np.testing.assert_allclose(got["scores"], result["scores"], atol=1e-3)
 
 
-def test_local_folder_with_ground_truth_boxes(tmp_path, tiny_model, mini):
+def test_local_folder_with_ground_truth_boxes(tmp_path, tiny_model, mini, shared_ray):
     output = tmp_path / "out"
     run(coco_data.image_folder("coco-mini-train"), output, "--model", tiny_model,
         "--boxes", coco_data.annotation_file("coco-mini-train"), "--batch-size", "8",
@@ -98,7 +98,7 @@ def test_local_folder_with_ground_truth_boxes(tmp_path, tiny_model, mini):
     assert len(results) == sum(len(g.boxes) for g in mini)
 
 
-def test_s3_input_and_output(tmp_path, tiny_model, s3_server, s3_env):
+def test_s3_input_and_output(tmp_path, tiny_model, s3_server, s3_env, own_ray):
     gts = coco_data.load("coco-val-4")
     bucket = s3_server.make_bucket("corpus-val4")
     fs = s3_server.filesystem()
@@ -134,7 +134,7 @@ def assert_same_persons(got: dict, want: dict, where: str) -> None:
     np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=0.05, err_msg=where)
 
 
-def test_tar_and_parquet_shards_give_the_same_rows(tmp_path, tiny_model):
+def test_tar_and_parquet_shards_give_the_same_rows(tmp_path, tiny_model, shared_ray):
     """The same images as files, as WebDataset tar shards and as Parquet shards: the same rows (real detector)."""
     gts = coco_data.load("coco-val-4") + coco_data.load("coco-mini-train")[:8]
     yolox = str(shared_path("models/yolox_nano.onnx"))

@@ -15,6 +15,7 @@ import vitpose_core as vc
 from jobs.cli import build_parser, main as cli
 from jobs.demo_checkpoint import write_demo_checkpoint
 from tests import coco_data
+from tests.conftest import ensure_shared_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,7 @@ def annotated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     model = write_demo_checkpoint(tmp / "demo.pth")
     output = tmp / "out"
+    ensure_shared_ray()
     assert cli(["annotate", str(coco_data.image_folder("coco-val-4")), str(output), "--model", str(model),
                 "--boxes", str(coco_data.annotation_file("coco-val-4"))]) == 0
     return tmp, output

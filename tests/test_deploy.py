@@ -51,9 +51,13 @@ PLAIN_KINDS = {
     "Role": ("rbac.authorization.k8s.io/v1", {"rules"}),
     "RoleBinding": ("rbac.authorization.k8s.io/v1", {"subjects", "roleRef"}),
     "CronJob": ("batch/v1", {"spec"}),
+    "NetworkPolicy": ("networking.k8s.io/v1", {"spec"}),
 }
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 AWS_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
+# Names of secret values (jobs.annotate keeps such variables out of Ray's runtime_env; so must the manifests).
+SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|SESSION|AUTH", re.IGNORECASE)
+NETWORK_POLICY = KUBERAY / "networkpolicy.yaml"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -325,19 +329,262 @@ def test_cronjob_launcher_is_wired():
 
 
 def test_secret_example_and_credentials():
-    """Every Ray container gets the object-store credentials from the Secret that secret-example.yaml shows."""
+    """Every container of every Ray pod (head and each worker group) gets the object-store credentials through
+    envFrom from the Secret that secret-example.yaml shows; no secret is written into a manifest or a runtime_env."""
     (secret,) = load_documents(KUBERAY / "secret-example.yaml")
     values = {**(secret.get("data") or {}), **(secret.get("stringData") or {})}
     assert AWS_KEYS <= set(values) and all(isinstance(v, str) for v in values.values())
     secret_name = secret["metadata"]["name"]
-    for where, spec in rayjob_specs():
+    specs = rayjob_specs()
+    assert len(specs) >= 3, [where for where, _ in specs]
+    for where, spec in specs:
+        pods = ray_pods(spec)
+        assert len(pods) >= 3, f"{where}: head and two worker groups expected, got {[g for g, _, _ in pods]}"
+        for group, _, template in pods:
+            pod = template["spec"]
+            for container in pod["containers"] + pod.get("initContainers", []):
+                from_secret = [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
+                assert secret_name in from_secret, \
+                    f"{where} {group}/{container['name']}: no envFrom of Secret {secret_name}"
+                literal = [e["name"] for e in container.get("env", [])
+                           if "value" in e and SECRET_NAME.search(e["name"])]
+                assert not literal, f"{where} {group}/{container['name']}: secret-looking literal env {literal}"
+        runtime_env = yaml.load(spec.get("runtimeEnvYAML") or "{}", Loader=Loader) or {}
+        leaked = [k for k in (runtime_env.get("env_vars") or {}) if SECRET_NAME.search(k)]
+        assert not leaked, f"{where}: runtimeEnvYAML carries secrets {leaked}"
+        # the submitter only talks to the dashboard: it gets no object-store credentials
+        for container in spec["submitterPodTemplate"]["spec"]["containers"]:
+            refs = [e.get("secretRef", {}).get("name") for e in container.get("envFrom", [])]
+            assert secret_name not in refs, f"{where}: the submitter does not need Secret {secret_name}"
+
+
+def test_ray_clusters_use_token_auth():
+    """Every RayCluster spec runs with Ray token authentication, the token made by KubeRay for that cluster."""
+    specs = rayjob_specs()
+    assert len(specs) >= 3, [where for where, _ in specs]
+    for where, spec in specs:
+        auth = spec["rayClusterSpec"].get("authOptions")
+        assert isinstance(auth, dict) and auth.get("mode") == "token", f"{where}: authOptions.mode is not token"
+        # README tells where the token is: the Secret KubeRay creates, named after the RayCluster. With secretName
+        # set, KubeRay would read it from that Secret instead; K8s-delegated auth is unsupported for RayJobs.
+        assert not auth.get("secretName"), f"{where}: secretName set; the README expects KubeRay's own Secret"
+        assert not auth.get("enableK8sTokenAuth"), f"{where}: enableK8sTokenAuth is unsupported for RayJobs"
+        version = tuple(int(x) for x in spec["rayClusterSpec"]["rayVersion"].split("."))
+        assert version >= (2, 52, 0), f"{where}: token authentication needs Ray 2.52.0 or later"
+        # no container overrides what KubeRay injects
         for group, _, template in ray_pods(spec):
             for container in template["spec"]["containers"]:
-                from_secret = {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
-                keyed = {e["name"] for e in container.get("env", [])
-                         if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == secret_name}
-                assert secret_name in from_secret or AWS_KEYS <= keyed, \
-                    f"{where} {group}/{container['name']}: no credentials from Secret {secret_name}"
+                names = {e["name"] for e in container.get("env", [])}
+                assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}, f"{where} {group}: overrides {names}"
+
+
+def test_validator_checks_auth_options(rayjob):
+    assert rayjob["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
+    errors = _broken(rayjob, lambda d: d["spec"]["rayClusterSpec"]["authOptions"].update(mode="tokens"))
+    assert any(e.startswith("spec.rayClusterSpec.authOptions.mode") for e in errors), errors
+    # authOptions belongs to the RayCluster spec, not to the RayJob spec
+    errors = _broken(rayjob, lambda d: d["spec"].update(authOptions={"mode": "token"}))
+    assert any("authOptions" in e for e in errors), errors
+
+
+def test_submitter_pod_template():
+    """K8sJobMode's submitter pod: labelled for networkpolicy.yaml, the head's image, and no command of its own
+    (KubeRay puts `ray job submit` there only when the template has none)."""
+    for where, spec in rayjob_specs():
+        template = spec.get("submitterPodTemplate")
+        assert template, f"{where}: no submitterPodTemplate (the submitter pod would carry no labels of ours)"
+        labels = template["metadata"]["labels"]
+        assert labels.get("app.kubernetes.io/name") == "vitpose-batch", f"{where}: {labels}"
+        pod = template["spec"]
+        assert pod.get("restartPolicy") == "Never", f"{where}: a Job's pod restarts Never (KubeRay's default)"
+        assert pod.get("securityContext", {}).get("runAsNonRoot") is True, where
+        container = pod["containers"][0]  # KubeRay configures the first container
+        head_image = ray_pods(spec)[0][2]["spec"]["containers"][0]["image"]
+        assert container["image"] == head_image, f"{where}: submitter image {container['image']} != {head_image}"
+        assert "command" not in container and "args" not in container, f"{where}: KubeRay's command would be lost"
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"]), where
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# networkpolicy.yaml: its own structural schema, and Kubernetes' selector and port semantics
+
+_SELECTOR = {
+    "type": "object",
+    "properties": {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {"type": "array", "items": {
+            "type": "object", "required": ["key", "operator"],
+            "properties": {"key": {"type": "string"},
+                           "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                           "values": {"type": "array", "items": {"type": "string"}}}}},
+    },
+}
+_PEER = {"type": "object", "properties": {
+    "podSelector": _SELECTOR, "namespaceSelector": _SELECTOR,
+    "ipBlock": {"type": "object", "required": ["cidr"],
+                "properties": {"cidr": {"type": "string"}, "except": {"type": "array", "items": {"type": "string"}}}},
+}}
+_PORT = {"type": "object", "properties": {
+    "protocol": {"enum": ["TCP", "UDP", "SCTP"]},
+    "port": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535}, {"type": "string"}]},
+    "endPort": {"type": "integer", "minimum": 1, "maximum": 65535},
+}}
+NETWORK_POLICY_SPEC = to_jsonschema({
+    "type": "object", "required": ["podSelector"],
+    "properties": {
+        "podSelector": _SELECTOR,
+        "policyTypes": {"type": "array", "items": {"enum": ["Ingress", "Egress"]}},
+        "ingress": {"type": "array", "items": {"type": "object", "properties": {
+            "from": {"type": "array", "items": _PEER}, "ports": {"type": "array", "items": _PORT}}}},
+        "egress": {"type": "array", "items": {"type": "object", "properties": {
+            "to": {"type": "array", "items": _PEER}, "ports": {"type": "array", "items": _PORT}}}},
+    },
+})
+
+
+def selector_matches(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector against a set of labels; {} selects everything."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def peer_matches(peer: dict, pod_labels: dict, namespace: dict | None) -> bool:
+    """Whether a `from` peer of a policy names a pod; `namespace` is the labels of the pod's namespace when it is
+    not the policy's own (None: the policy's namespace). ipBlock peers are not pods of the cluster network here."""
+    if "ipBlock" in peer:
+        return False
+    if "namespaceSelector" in peer:
+        own = {"kubernetes.io/metadata.name": "<the policy's namespace>"}
+        if not selector_matches(peer["namespaceSelector"], own if namespace is None else namespace):
+            return False
+    elif namespace is not None:
+        return False  # a bare podSelector only selects pods of the policy's own namespace
+    return selector_matches(peer.get("podSelector") or {}, pod_labels)
+
+
+def port_matches(rule: dict, port: int, name: str | None, protocol: str = "TCP") -> bool:
+    if not rule.get("ports"):
+        return True  # no ports: every port
+    for entry in rule["ports"]:
+        if entry.get("protocol", "TCP") != protocol:
+            continue
+        wanted = entry.get("port")
+        if wanted is None or wanted == name:
+            return True
+        if isinstance(wanted, int) and wanted <= port <= entry.get("endPort", wanted):
+            return True
+    return False
+
+
+def admitted(policies: list[dict], target: dict, source: dict, port: int, name: str | None = None,
+             namespace: dict | None = None) -> bool:
+    """Whether `policies` let a pod labelled `source` open a TCP connection to `port` (named `name`) of a pod
+    labelled `target`: allowed when no policy with Ingress selects the target, else when one of their rules does."""
+    selecting = [p["spec"] for p in policies if selector_matches(p["spec"]["podSelector"], target)
+                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    if not selecting:
+        return True
+    return any(("from" not in rule or any(peer_matches(peer, source, namespace) for peer in rule["from"]))
+               and port_matches(rule, port, name)
+               for spec in selecting for rule in spec.get("ingress") or [])
+
+
+def network_policies() -> list[dict]:
+    return load_documents(NETWORK_POLICY)
+
+
+def test_network_policy_parses():
+    policies = network_policies()
+    assert len(policies) >= 2, "a policy for the head and one for the workers"
+    validator = jsonschema.Draft4Validator(NETWORK_POLICY_SPEC)
+    for policy in policies:
+        name = policy["metadata"]["name"]
+        assert policy["kind"] == "NetworkPolicy" and policy["apiVersion"] == "networking.k8s.io/v1", name
+        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(policy["spec"])]
+        assert not errors, f"{name}:\n" + "\n".join(errors)
+        assert policy["spec"]["policyTypes"] == ["Ingress"], f"{name}: only ingress is restricted (egress to storage)"
+        assert policy["spec"]["podSelector"], f"{name}: an empty podSelector would fence every pod of the namespace"
+
+
+def test_policy_semantics():
+    """The helpers follow Kubernetes: a pod no policy selects is open; selected, it admits only what a rule names."""
+    policy = {"spec": {"podSelector": {"matchLabels": {"role": "db"}}, "policyTypes": ["Ingress"], "ingress": [
+        {"from": [{"podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["api"]}]}}],
+         "ports": [{"port": 5432}, {"port": "metrics"}, {"port": 9000, "endPort": 9010}]}]}}
+    assert admitted([policy], {"role": "web"}, {}, 1)  # not selected: open
+    assert admitted([policy], {"role": "db"}, {"tier": "api"}, 5432)
+    assert admitted([policy], {"role": "db"}, {"tier": "api"}, 9100, "metrics")
+    assert admitted([policy], {"role": "db"}, {"tier": "api"}, 9005)
+    assert not admitted([policy], {"role": "db"}, {"tier": "api"}, 9011)
+    assert not admitted([policy], {"role": "db"}, {"tier": "web"}, 5432)
+    assert not admitted([policy], {"role": "db"}, {"tier": "api"}, 5432, namespace={"name": "other"})
+    open_rule = {"spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]}}
+    assert admitted([open_rule], {"x": "y"}, {}, 80, namespace={"name": "other"})
+    assert not admitted([{"spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}], {"x": "y"}, {}, 80)
+    anyone = {"spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}}
+    assert admitted([anyone], {}, {}, 80, namespace={"name": "other"}) and not admitted([anyone], {}, {}, 81)
+
+
+def _pods_of(spec: dict) -> tuple[dict, list[dict], dict]:
+    """(head labels, worker labels per group, submitter labels) of a RayJob spec's pod templates."""
+    pods = ray_pods(spec)
+    head = pods[0][2]["metadata"]["labels"]
+    workers = [t["metadata"]["labels"] for _, _, t in pods[1:]]
+    return head, workers, spec["submitterPodTemplate"]["metadata"]["labels"]
+
+
+def test_network_policy_fences_the_ray_pods():
+    """Every manifest's head admits its Ray pods on every port (the declared ones and those Ray picks), the submitter
+    and the KubeRay operator on the dashboard port only, and no one else; workers admit only the Ray pods."""
+    policies = network_policies()
+    launcher = [d for d in load_documents(KUBERAY / "cronjob-rayjob.yaml") if d["kind"] == "CronJob"][0]
+    launcher_labels = launcher["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    strangers = [{}, {"app": "other"}, {"app.kubernetes.io/name": "vitpose-batch"}, launcher_labels]
+    operator = {"app.kubernetes.io/name": "kuberay-operator", "app.kubernetes.io/component": "kuberay-operator"}
+    other_namespace = {"kubernetes.io/metadata.name": "ray-system"}
+    # ports Ray opens besides the declared ones: worker processes (10002-19999), dashboard agent, a random one
+    ray_picked = [10002, 19999, 52365, 43217]
+    for where, spec in rayjob_specs():
+        head, workers, submitter = _pods_of(spec)
+        assert any(selector_matches(p["spec"]["podSelector"], head) for p in policies), f"{where}: head not selected"
+        for labels in workers:
+            assert labels.get("app.kubernetes.io/name") == "vitpose-batch", f"{where}: {labels}"
+            assert any(selector_matches(p["spec"]["podSelector"], labels) for p in policies), \
+                f"{where}: worker {labels} is selected by no policy (it would admit anyone)"
+        assert not any(selector_matches(p["spec"]["podSelector"], submitter) for p in policies), where
+        container = ray_pods(spec)[0][2]["spec"]["containers"][0]
+        declared = [(p["containerPort"], p.get("name")) for p in container.get("ports", [])]
+        assert {6379, 8265, 10001} <= {port for port, _ in declared}, f"{where}: {declared}"
+        dashboard = [(port, name) for port, name in declared if name == "dashboard"]
+        assert dashboard == [(8265, "dashboard")], f"{where}: {declared}"
+        for source in [head, *workers]:
+            for port, name in declared + [(port, None) for port in ray_picked]:
+                assert admitted(policies, head, source, port, name), f"{where}: {source} -> head:{port} refused"
+            for target in workers:
+                for port in [6379, *ray_picked]:
+                    assert admitted(policies, target, source, port), f"{where}: {source} -> {target}:{port} refused"
+        for port, name in declared + [(port, None) for port in ray_picked]:
+            allowed = (port, name) in dashboard
+            assert admitted(policies, head, submitter, port, name) == allowed, f"{where}: submitter -> head:{port}"
+            assert admitted(policies, head, operator, port, name, other_namespace) == allowed, \
+                f"{where}: operator -> head:{port}"
+            for stranger in strangers:
+                assert not admitted(policies, head, stranger, port, name), f"{where}: {stranger} -> head:{port}"
+                assert not admitted(policies, head, stranger, port, name, other_namespace), where
+        for target in workers:
+            for source in [submitter, operator, *strangers]:
+                assert not admitted(policies, target, source, 10002), f"{where}: {source} -> worker"
 
 
 def test_rayjob_specs_follow_the_deployment_rules():
@@ -651,3 +898,8 @@ def test_readme_cluster_section():
         assert f"deploy/kuberay/{path.name}" in section or path.name in section, f"README does not name {path.name}"
     assert "`RayCronJob`" in section and "--feature-gates=RayCronJob=true" in section
     assert "docker build -f deploy/Dockerfile" in section
+    assert "kubectl apply -f deploy/kuberay/networkpolicy.yaml" in section
+    # token authentication: where the token is and how a person uses it
+    for needed in ("authOptions", "auth_token", "status.rayClusterName", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE=token",
+                   "port-forward", "-head-svc 8265:8265", "envFrom", "vitpose-object-store", "runtime_env"):
+        assert needed in section, f"README's cluster section does not mention {needed}"

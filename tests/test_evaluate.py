@@ -128,7 +128,7 @@ def test_missing_images_count_as_misses(tmp_path):
 
 
 @pytest.mark.slow
-def test_annotate_then_evaluate_with_the_56_ap_person_boxes(tmp_path):
+def test_annotate_then_evaluate_with_the_56_ap_person_boxes(tmp_path, shared_ray):
     """coco-val-4, person boxes from the detector file the ViTPose paper evaluates with, then evaluate."""
     gt = str(coco_data.annotation_file("coco-val-4"))
     model = write_demo_checkpoint(tmp_path / "demo.pth")
@@ -143,7 +143,7 @@ def test_annotate_then_evaluate_with_the_56_ap_person_boxes(tmp_path):
 
 
 @pytest.mark.slow
-def test_detector_box_ap_is_reported(tmp_path):
+def test_detector_box_ap_is_reported(tmp_path, shared_ray):
     gt = str(coco_data.annotation_file("coco-val-4"))
     model = write_demo_checkpoint(tmp_path / "demo.pth")
     assert cli(["annotate", str(coco_data.image_folder("coco-val-4")), str(tmp_path / "out"), "--model", str(model),

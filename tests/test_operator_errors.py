@@ -91,7 +91,8 @@ def test_numbers_out_of_range_are_refused_in_one_line(tmp_path, flag, value, exp
     assert not output.exists()
 
 
-def test_files_named_on_the_command_line_are_opened_before_any_work(tmp_path, tiny_model, bad_files, capsys):
+def test_files_named_on_the_command_line_are_opened_before_any_work(tmp_path, tiny_model, bad_files, capsys,
+                                                                  own_ray):
     images, gt = coco_data.image_folder("coco-val-4"), coco_data.annotation_file("coco-val-4")
     output = tmp_path / "out"
     cases = [

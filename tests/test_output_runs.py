@@ -3,13 +3,17 @@ racing runs, refused settings changes, exports completed by re-runs, errors redo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -21,7 +25,7 @@ from tests import checkpoint_factory as factory
 from tests import coco_data
 from tests.shared_data import shared_path
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
 
@@ -33,9 +37,27 @@ def tiny_model(tmp_path_factory) -> str:
     return str(folder)
 
 
-def annotate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.cli", "annotate", *map(str, args)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=500)
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str  # one-line refusals and the job's log lines
+
+
+def annotate(*args: str) -> Ran:
+    """The annotate command in this process (joining the session's Ray), with what it printed and logged."""
+    out, err = io.StringIO(), io.StringIO()
+    logger = logging.getLogger("vitpose_batch")
+    handler, level = logging.StreamHandler(err), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli(["annotate", *map(str, args)])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return Ran(code, out.getvalue(), err.getvalue())
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -68,11 +90,12 @@ def test_racing_runs_then_changed_settings(tmp_path, tiny_model, capsys):
     before = tree(output)
     other_model = tmp_path / "other"
     factory.save_hf(factory.hf_model(hidden=32, heads=2, depth=1, seed=8), other_model)
+    capsys.readouterr()
     changes = {
         "--flip-test": ["--model", tiny_model, "--boxes", boxes, "--flip-test"],
         "--model": ["--model", other_model, "--boxes", boxes],
         "--detector": ["--model", tiny_model, "--detector", shared_path("models/yolox_nano.onnx")],
-        "--dataset-index": ["--model", tiny_model, "--boxes", boxes, "--dataset-index", "0"],
+        "--dtype": ["--model", tiny_model, "--boxes", boxes, "--dtype", "bf16"],
     }
     for flag, args in changes.items():
         assert cli(["annotate", str(images), str(output), *map(str, args)]) == 2

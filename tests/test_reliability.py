@@ -63,7 +63,7 @@ def test_exif_orientations_decode_upright(tmp_path):
         np.testing.assert_array_equal(decode_image(path.read_bytes()), expected, err_msg=f"orientation {orientation}")
 
 
-def test_messy_corpus_one_row_per_file(tmp_path, tiny_model, monkeypatch, capsys):
+def test_messy_corpus_one_row_per_file(tmp_path, tiny_model, monkeypatch, capsys, shared_ray):
     """Corrupt, truncated, empty and fake files, odd colour modes, all EXIF orientations, huge and tiny images, bad
     boxes: one row per file, a specific error on each bad one, persons on the good ones, exit status 0."""
     person = coco_data.load("coco-val-4")[0]  # one person, ground-truth box
@@ -133,7 +133,7 @@ def test_messy_corpus_one_row_per_file(tmp_path, tiny_model, monkeypatch, capsys
         np.testing.assert_allclose(got, reference, atol=1e-3, err_msg=f"orientation {orientation}")
 
 
-def test_actor_killed_mid_run_is_restarted(tmp_path, tiny_model, monkeypatch):
+def test_actor_killed_mid_run_is_restarted(tmp_path, tiny_model, monkeypatch, own_ray):
     """A pose actor dies after two batches (test-only fault hook): Ray restarts it; output complete, no duplicates."""
     marker = tmp_path / "actor-died"
     monkeypatch.setenv("VITPOSE_TEST_KILL_AFTER", "2")
