@@ -220,87 +220,108 @@ def execute(opts: AnnotateOptions, listing: Listing, box_index, lease, metadata:
         summary.boxes_file = opts.boxes
         summary.dropped_boxes = len(box_index.dropped)
         summary.dropped_examples = box_index.dropped[:3]
-    if listing.kind == "files":
-        new_items = resume.filter_listing(listing.chunks(), state, plan)
-        if box_index is not None:
-            new_items = count_unmatched(new_items, box_index, summary)
-        first = next(new_items, None)
-        if first is None and not listing.shards:  # the walk is over: it found every shard there is
-            summary.skipped = plan.already_done
-            log.info("every image of %s is already in %s: nothing to do", opts.input, opts.output)
-            return
-        new_items = _chain(first, new_items) if first is not None else iter(())
-    else:
-        new_items = iter(())
-
+    new_items = listed_work(opts, listing, state, plan, box_index, summary)
+    if new_items is None:
+        return
     started_here = not ray.is_initialized() and not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
     connect(opts.ray_address)
     try:
-        resources = ray.cluster_resources()
-        gpus = resources.get("GPU", 0)
-        device = ("cuda" if gpus else "cpu") if opts.device == "auto" else opts.device
-        actors, actor_cpus, threads = plan_actors(resources, device, opts)
-        items = files_dataset(new_items, opts.batch_size) if listing.kind == "files" else None
-        if listing.shards:  # shard INPUT, or .tar shards found beside loose images (known once the walk is done)
-            from schemas.coco import split_image_uri
-
-            shards = set(listing.shards)
-            plan.redo.update({k: v for k, v in state.redo_candidates.items() if split_image_uri(v[0])[0] in shards})
-            members = shards_dataset("tar" if listing.kind != "parquet" else "parquet", listing.shards,
-                                     finished=state.finished.without(_keys(plan.redo)),
-                                     image_column=opts.image_column)
-            items = members if items is None else items.union(members)
+        items = input_dataset(opts, listing, new_items, state, plan)
         # the listing is consumed: the error rows about to be redone leave their parts before any new row lands
         summary.redone = resume.drop_redone_rows(opts.output, plan.redo)
         summary.skipped = plan.already_done if listing.kind == "files" else state.rows - summary.redone
-        # GPU actors get pixels decoded by CPU tasks. CPU actors decode for themselves: there the actors are the
-        # compute, and decode tasks beside them preempt torch's threads (2 cores: +40% per batch, measured).
-        decode_in_actor = not device.startswith("cuda")
-        if not decode_in_actor:
-            items = items.map_batches(decode_batch, batch_size=8, batch_format="pyarrow",
-                                      fn_kwargs={"boxes": box_index}, num_cpus=opts.decode_cpus)
-        rows = items.map_batches(
-            PoseWorker,
-            fn_constructor_kwargs={
-                "model": opts.model, "detector": None if opts.boxes else opts.detector, "device": device,
-                "dtype": opts.dtype, "flip_test": opts.flip_test, "dataset_index": opts.dataset_index,
-                "crops_per_forward": opts.crops_per_forward, "threads": threads,
-                "decode": decode_in_actor, "boxes": box_index if decode_in_actor else None,
-            },
-            batch_size=opts.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-            num_cpus=actor_cpus,
-            num_gpus=1 if device.startswith("cuda") else 0,
-            # Ray Data's actor pools restart a dead actor and re-run its batch (max_restarts / max_task_retries -1).
-        )
-        diagnostics = Diagnostics()
-        progress = Progress(plan.new if listing.kind == "files" else None)
-        writer = parts.PartWriter(opts.output, summary.run_id, PREDICTION_SCHEMA, metadata,
-                                  rows_per_file=opts.rows_per_file, commit_interval=opts.commit_interval,
-                                  check=lease.check)
-        try:
-            for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
-                writer.add(diagnostics.take(batch))
-                progress.update(batch.num_rows)
-            writer.close()
-        except leases.LeaseLost:
-            raise  # another run owns OUTPUT now: write nothing more
-        except BaseException:
-            try:
-                writer.close()  # the rows that arrived are good rows: commit them as the run's last part
-            except BaseException:
-                writer.abort()  # or at least to _staging/, where the next run folds them in
-            raise
-        finally:
-            progress.close()
-            for key in ("images", "persons", "errors", "files"):
-                setattr(summary, key, writer.totals[key])
-            summary.dropped_boxes += diagnostics.dropped_boxes
-            summary.retried_batches = diagnostics.retried_batches
+        rows = pose_rows(opts, items, box_index)
+        write_rows(opts, rows, lease, metadata, plan.new if listing.kind == "files" else None, summary)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def listed_work(opts, listing: Listing, state, plan, box_index, summary: Summary):
+    """The listing's new images as a stream of chunks (shards: an empty stream), or None when nothing is left."""
+    if listing.kind != "files":
+        return iter(())
+    new_items = resume.filter_listing(listing.chunks(), state, plan)
+    if box_index is not None:
+        new_items = count_unmatched(new_items, box_index, summary)
+    first = next(new_items, None)
+    if first is None and not listing.shards:  # the walk is over: it found every shard there is
+        summary.skipped = plan.already_done
+        log.info("every image of %s is already in %s: nothing to do", opts.input, opts.output)
+        return None
+    return _chain(first, new_items) if first is not None else iter(())
+
+
+def input_dataset(opts, listing: Listing, new_items, state, plan):
+    """The images to label as a Ray Dataset: new files, and shard members OUTPUT lacks (filtered by the workers)."""
+    items = files_dataset(new_items, opts.batch_size) if listing.kind == "files" else None
+    if listing.shards:  # shard INPUT, or .tar shards found beside loose images (known once the walk is done)
+        from schemas.coco import split_image_uri
+
+        shards = set(listing.shards)
+        plan.redo.update({k: v for k, v in state.redo_candidates.items() if split_image_uri(v[0])[0] in shards})
+        members = shards_dataset("parquet" if listing.kind == "parquet" else "tar", listing.shards,
+                                 finished=state.finished.without(_keys(plan.redo)), image_column=opts.image_column)
+        items = members if items is None else items.union(members)
+    return items
+
+
+def pose_rows(opts: AnnotateOptions, items, box_index):
+    """Detection and ViTPose on an actor pool sized to the cluster (see plan_actors): a Dataset of rows."""
+    import ray
+
+    resources = ray.cluster_resources()
+    device = ("cuda" if resources.get("GPU", 0) else "cpu") if opts.device == "auto" else opts.device
+    actors, actor_cpus, threads = plan_actors(resources, device, opts)
+    # GPU actors get pixels decoded by CPU tasks. CPU actors decode for themselves: there the actors are the
+    # compute, and decode tasks beside them preempt torch's threads (2 cores: +40% per batch, measured).
+    decode_in_actor = not device.startswith("cuda")
+    if not decode_in_actor:
+        items = items.map_batches(decode_batch, batch_size=8, batch_format="pyarrow",
+                                  fn_kwargs={"boxes": box_index}, num_cpus=opts.decode_cpus)
+    return items.map_batches(
+        PoseWorker,
+        fn_constructor_kwargs={
+            "model": opts.model, "detector": None if opts.boxes else opts.detector, "device": device,
+            "dtype": opts.dtype, "flip_test": opts.flip_test, "dataset_index": opts.dataset_index,
+            "crops_per_forward": opts.crops_per_forward, "threads": threads,
+            "decode": decode_in_actor, "boxes": box_index if decode_in_actor else None,
+        },
+        batch_size=opts.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        num_cpus=actor_cpus,
+        num_gpus=1 if device.startswith("cuda") else 0,
+        # Ray Data's actor pools restart a dead actor and re-run its batch (max_restarts / max_task_retries -1).
+    )
+
+
+def write_rows(opts: AnnotateOptions, rows, lease, metadata: dict, total: int | None, summary: Summary) -> None:
+    """Stream the rows to the driver and commit them (jobs.output.parts); the run's counts into `summary`."""
+    diagnostics = Diagnostics()
+    progress = Progress(total)
+    writer = parts.PartWriter(opts.output, summary.run_id, PREDICTION_SCHEMA, metadata,
+                              rows_per_file=opts.rows_per_file, commit_interval=opts.commit_interval,
+                              check=lease.check)
+    try:
+        for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.add(diagnostics.take(batch))
+            progress.update(batch.num_rows)
+        writer.close()
+    except leases.LeaseLost:
+        raise  # another run owns OUTPUT now: write nothing more
+    except BaseException:
+        try:
+            writer.close()  # the rows that arrived are good rows: commit them as the run's last part
+        except BaseException:
+            writer.abort()  # or at least to _staging/, where the next run folds them in
+        raise
+    finally:
+        progress.close()
+        for key in ("images", "persons", "errors", "files"):
+            setattr(summary, key, writer.totals[key])
+        summary.dropped_boxes += diagnostics.dropped_boxes
+        summary.retried_batches = diagnostics.retried_batches
     arrivals = writer.arrivals
     if len(arrivals) > 2 and arrivals[-1][0] > arrivals[0][0]:
         later = sum(persons for _, persons in arrivals[1:])
