@@ -266,7 +266,7 @@ def tar_members(batch: pa.Table, protocol: str) -> pa.Table:
     columns = {c: batch.column(c).to_pylist() for c in image_columns}
     for row, (url, key) in enumerate(zip(urls, keys)):
         for column in image_columns:  # a sample with no image member (labels only) has nothing to annotate
-            if columns[column][row] is not None:
+            if isinstance(columns[column][row], (bytes, bytearray)):  # absent members come as None or NaN
                 uris.append(f"{protocol}{url.lstrip('/') if protocol else url}#{key}.{column}")
                 data.append(columns[column][row])
     return pa.table({"image_uri": uris, "image_id": [None] * len(uris), "data": data}, schema=ITEM_SCHEMA)

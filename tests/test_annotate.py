@@ -188,8 +188,34 @@ def test_two_node_cluster_through_ray_address(tmp_path, tiny_model):
                         str(output), "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-val-4")),
                         "--ray-address", cluster.address],
                        check=True, env=cluster.env, timeout=300, cwd=Path(__file__).resolve().parents[1])
+        # a cluster without GPUs cannot take --device cuda: refused before any work, not a hang
+        refused = subprocess.run(
+            [sys.executable, "-m", "jobs.cli", "annotate", str(coco_data.image_folder("coco-val-4")),
+             str(tmp_path / "gpu-out"), "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-val-4")),
+             "--ray-address", cluster.address, "--device", "cuda"],
+            env=cluster.env, timeout=120, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+        assert refused.returncode == 2 and f"the Ray cluster at {cluster.address} has no GPUs" in refused.stderr
+        assert not (tmp_path / "gpu-out").exists()
     rows = by_name(read_rows(str(output)))
     assert_rows_match(rows, gts, in_process(tiny_model, [g.image for g in gts], [g.boxes for g in gts]))
+
+
+def test_mixed_folder_reads_loose_images_and_tar_shards(tmp_path, tiny_model, shared_ray):
+    """Loose images and .tar shards in one folder are all read; a member named with extra dots keeps its name, and
+    a sample with two image members is two rows."""
+    gts = coco_data.load("coco-val-4")
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(gts[0].path, folder / gts[0].path.name)
+    with tarfile.open(folder / "shard.tar", "w") as tar:
+        tar.add(gts[1].path, arcname="sample.v2.jpg")  # key "sample", member suffix "v2.jpg"
+        tar.add(gts[2].path, arcname="pair.jpg")
+        tar.add(gts[3].path, arcname="pair.png")  # the same key with a second image member
+    run(folder, tmp_path / "out", "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-val-4")))
+    uris = sorted(r["image_uri"] for r in read_rows(str(tmp_path / "out")))
+    shard = str(folder / "shard.tar")
+    assert uris == sorted([str(folder / gts[0].path.name), f"{shard}#pair.jpg", f"{shard}#pair.png",
+                           f"{shard}#sample.v2.jpg"])
 
 
 def test_two_core_run_cannot_starve_its_readers(tmp_path, tiny_model):
@@ -226,6 +252,9 @@ def test_killed_run_then_rerun_gives_one_row_per_image(tmp_path, tiny_model):
     # the dead run's lease passes on at once; its committed rows are recovered, the rest is done
     rerun = subprocess.run(command, cwd=cwd, timeout=400, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+    # what a user sees: our summary, not Ray's chatter (constructor-argument errors, INFO lines, tracebacks)
+    assert "constructor arguments" not in rerun.stderr and "Traceback" not in rerun.stderr
+    assert not [line for line in rerun.stderr.splitlines() if " INFO " in line], rerun.stderr[-2000:]
     assert f"{partial} rows of a killed run recovered" in rerun.stdout
     counts = Counter(r["image_uri"] for r in read_rows(str(output)))
     assert len(counts) == 80 and set(counts.values()) == {1}
