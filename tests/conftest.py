@@ -58,6 +58,16 @@ def own_ray():
     yield
 
 
+@pytest.fixture(scope="session")
+def tiny_vitpose(tmp_path_factory) -> str:
+    """A one-layer, 32-wide ViTPose with random weights, as a transformers folder: jobs that test the plumbing."""
+    from tests import checkpoint_factory as factory
+
+    folder = tmp_path_factory.mktemp("model") / "tiny-vitpose-32"
+    factory.save_hf(factory.hf_model(hidden=32, heads=2, depth=1, seed=7), folder)
+    return str(folder)
+
+
 def pytest_sessionfinish(session, exitstatus):
     import sys
 

@@ -26,7 +26,6 @@ from jobs.diagnostics import Diagnostics
 from jobs.output.parts import iter_part_tables
 from jobs.pose_worker import PoseWorker
 from schemas.coco import load_boxes
-from tests import checkpoint_factory as factory
 from tests import coco_data
 from tests.shared_data import shared_path
 
@@ -34,11 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    factory.save_hf(factory.hf_model(hidden=32, heads=2, depth=1, seed=11), folder)
-    return str(folder)
+@pytest.fixture
+def tiny_model(tiny_vitpose) -> str:
+    return tiny_vitpose
 
 
 @pytest.fixture(scope="module")

@@ -30,11 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    factory.save_hf(factory.hf_model(hidden=32, heads=2, depth=1, seed=7), folder)
-    return str(folder)
+@pytest.fixture
+def tiny_model(tiny_vitpose) -> str:
+    return tiny_vitpose
 
 
 @dataclass
