@@ -40,7 +40,8 @@ FORWARDED_ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST", "FSSPEC_",
                           "VITPOSE_")
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|SESSION|AUTH", re.IGNORECASE)
 # How heatmaps become keypoints; part of every OUTPUT's provenance (PoseEstimator's defaults).
-DECODE_SETTINGS = {"crop": "udp", "padding": 1.25, "refine": "dark", "blur": "original"}
+DECODE_SETTINGS = {"crop": "udp", "padding": 1.25, "refine": "dark", "blur": "original",
+                   "blur_border": "reflect101"}
 RUNS = "_runs"
 
 

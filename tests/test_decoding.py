@@ -94,47 +94,81 @@ def noisy_gaussians(n: int, seed: int):
     return heatmaps.astype(np.float32), boxes, points
 
 
-def test_transformers_blur_matches_transformers():
-    heatmaps, boxes, _ = noisy_gaussians(64, seed=1)
-    center, scale = hf_center_scale(boxes)
-    expected, expected_scores = hf_vitpose.VitPoseImageProcessorPil().keypoints_from_heatmaps(
-        heatmaps.copy(), center, scale, kernel=11
-    )
-    ours, scores = vc.decode_heatmaps(heatmaps, boxes, blur="transformers")
-    np.testing.assert_allclose(scores, expected_scores[..., 0], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-3)
+def border_peaks(n: int, seed: int):
+    """Noisy maps whose peaks sit at every border: corners, edges, one pixel in, and anywhere else."""
+    rng = np.random.default_rng(seed)
+    h, w = HEATMAP_HW
+    points = rng.uniform([0, 0], [w - 1, h - 1], size=(n, 17, 2)).astype(np.float32)
+    fixed = [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1), (0, None), (w - 1, None), (None, 0), (None, h - 1),
+             (0.6, None), (w - 1.6, None), (None, 0.6), (None, h - 1.6)]
+    for j, (x, y) in enumerate(fixed):
+        if x is not None:
+            points[:, j, 0] = x
+        if y is not None:
+            points[:, j, 1] = y
+    heatmaps = render_gaussians(points, HEATMAP_HW) + rng.uniform(0, 0.05, (n, 17, h, w)).astype(np.float32)
+    boxes = np.column_stack([rng.uniform(0, 300, (n, 2)), rng.uniform(20, 200, (n, 2))]).astype(np.float32)
+    return heatmaps.astype(np.float32), boxes, points
 
 
-def original_dark_reference(heatmaps: np.ndarray) -> np.ndarray:
-    """ViTPose's post_dark_udp, written out per keypoint in numpy/cv2: zero-padded 11x11 blur, max kept, log, Newton."""
+def dark_reference(heatmaps: np.ndarray, blur) -> tuple[np.ndarray, np.ndarray]:
+    """mmpose 0.x `post_dark_udp` as published, whole maps in numpy: `blur` each map, clip to [0.001, 50], log, pad
+    by repeating the edge, one Newton step with H + eps*I. Returns (coords, step length in heatmap px)."""
     n, k, h, w = heatmaps.shape
-    out = np.zeros((n, k, 2))
+    out, steps = np.zeros((n, k, 2)), np.zeros((n, k))
     for i in range(n):
         for j in range(k):
-            hm = heatmaps[i, j]
-            padded = np.zeros((h + 10, w + 10), np.float32)
-            padded[5:-5, 5:-5] = hm
-            blurred = cv2.GaussianBlur(padded, (11, 11), 0)[5:-5, 5:-5]
-            blurred *= hm.max() / blurred.max()
-            lg = np.pad(np.log(np.clip(blurred, 0.001, 50)), 1, mode="edge")
+            hm = heatmaps[i, j].copy()
             y, x = np.unravel_index(np.argmax(hm), hm.shape)
+            lg = np.pad(np.log(np.clip(blur(hm), 0.001, 50)), 1, mode="edge")
             y, x = y + 1, x + 1
             g = np.array([0.5 * (lg[y, x + 1] - lg[y, x - 1]), 0.5 * (lg[y + 1, x] - lg[y - 1, x])])
             dxx = lg[y, x + 1] - 2 * lg[y, x] + lg[y, x - 1]
             dyy = lg[y + 1, x] - 2 * lg[y, x] + lg[y - 1, x]
             dxy = 0.5 * (lg[y + 1, x + 1] - lg[y, x + 1] - lg[y + 1, x] + 2 * lg[y, x]
                          - lg[y, x - 1] - lg[y - 1, x] + lg[y - 1, x - 1])
-            hessian = np.array([[dxx, dxy], [dxy, dyy]]) + np.finfo(np.float32).eps * np.eye(2)
-            out[i, j] = np.array([x - 1, y - 1]) - np.linalg.inv(hessian) @ g
-    return out
+            step = np.linalg.inv(np.array([[dxx, dxy], [dxy, dyy]]) + np.finfo(np.float32).eps * np.eye(2)) @ g
+            out[i, j], steps[i, j] = np.array([x - 1, y - 1]) - step, np.abs(step).max()
+    return out, steps
 
 
-def test_original_blur_matches_vitpose_reference():
-    heatmaps, boxes, _ = noisy_gaussians(16, seed=2)
-    from vitpose_core.decoding import refine_peaks
+def cv2_in_place(heatmap: np.ndarray) -> np.ndarray:
+    cv2.GaussianBlur(heatmap, (11, 11), 0, heatmap)  # as post_dark_udp calls it: OpenCV's default border
+    return heatmap
 
-    coords, _ = refine_peaks(torch.from_numpy(heatmaps), blur="original")
-    np.testing.assert_allclose(coords.numpy(), original_dark_reference(heatmaps), rtol=0, atol=2e-3)
+
+def scipy_filter(heatmap: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(heatmap, sigma=0.8, radius=5)  # VitPoseImageProcessor's blur, kernel 11
+
+
+@pytest.mark.parametrize("blur,reference", [("original", cv2_in_place), ("transformers", scipy_filter),
+                                            ("none", lambda m: m)])
+def test_each_blur_matches_its_published_algorithm_at_every_border(blur, reference):
+    from vitpose_core.decoding import MAX_STEP, refine_peaks
+
+    heatmaps, _, _ = border_peaks(24, seed=2)
+    coords, _ = refine_peaks(torch.from_numpy(heatmaps), blur=blur)
+    expected, steps = dark_reference(heatmaps, reference)
+    kept = steps <= MAX_STEP  # the one documented deviation: a step over a pixel keeps the argmax
+    assert kept.mean() > 0.9
+    np.testing.assert_allclose(coords.numpy()[kept], expected[kept], rtol=0, atol=1e-3)
+    argmax = np.stack(np.unravel_index(heatmaps.reshape(24, 17, -1).argmax(-1), HEATMAP_HW)[::-1], -1)
+    np.testing.assert_array_equal(coords.numpy()[~kept], argmax[~kept])
+
+
+def test_transformers_blur_matches_transformers():
+    heatmaps, boxes, _ = border_peaks(64, seed=1)
+    center, scale = hf_center_scale(boxes)
+    expected, expected_scores = hf_vitpose.VitPoseImageProcessorPil().keypoints_from_heatmaps(
+        heatmaps.copy(), center, scale, kernel=11
+    )
+    ours, scores = vc.decode_heatmaps(heatmaps, boxes, blur="transformers")
+    np.testing.assert_allclose(scores, expected_scores[..., 0], rtol=0, atol=1e-6)
+    _, steps = dark_reference(heatmaps, scipy_filter)
+    kept = steps <= 1.0
+    np.testing.assert_allclose(ours[kept], expected[kept], rtol=0, atol=2e-3)
 
 
 def test_blur_modes_differ_and_unknown_blur_fails():
@@ -154,7 +188,9 @@ def test_thousands_of_crops_in_one_call():
     truth = points * (size / np.array([47.0, 63.0]))[:, None] + (center - size / 2)[:, None]
     step = size.max(axis=1) / 47.0  # image pixels per heatmap pixel
     error_in_heatmap_px = np.linalg.norm(keypoints - truth, axis=-1) / step[:, None]
-    assert error_in_heatmap_px.max() < 0.05
+    # a flat index drifting over many crops would be a whole pixel off; the blur's border reflection near the map's
+    # edges moves a clean peak by under a tenth of one (ViTPose's own post-processing does the same)
+    assert error_in_heatmap_px.max() < 0.1
     # and the same, crop for crop, as decoding a handful at a time
     tail, _ = vc.decode_heatmaps(heatmaps[-5:], boxes[-5:])
     np.testing.assert_allclose(keypoints[-5:], tail, atol=1e-4)

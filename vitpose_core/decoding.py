@@ -5,18 +5,21 @@ All in torch, batched over every crop at once, on whatever device the heatmaps a
 batch and drifts by a heatmap pixel from about 300 crops on).
 
 DARK fits a quadratic to the log of a blurred heatmap around its maximum. The blur decides how robust that fit is:
-  * "original" (default): ViTPose / mmpose 0.x `post_dark_udp` with modulate kernel 11 -- an 11x11 Gaussian (sigma 2,
-    as cv2 derives it), zero padding, rescaled to keep each map's maximum. Wider, so steadier on noisy real heatmaps.
-  * "transformers": VitPoseImageProcessor's post-processing -- scipy gaussian_filter, sigma 0.8, radius 5, mirror
-    padding, no rescaling.
+  * "original" (default): ViTPose / mmpose 0.x `post_dark_udp` with modulation kernel 11 -- cv2.GaussianBlur of each
+    map in place, 11x11, sigma 2 (as cv2 derives it), OpenCV's default border (reflect-101). Wider, so steadier on
+    noisy real heatmaps.
+  * "transformers": VitPoseImageProcessor's post-processing -- scipy gaussian_filter, sigma 0.8, radius 5, scipy's
+    "reflect" border (the edge pixel repeated).
   * "none": DARK on the raw heatmap.
+DARK reads the blurred map only at the argmax and its 8 neighbours, so the blur is computed only there: from the
+13x13 patch around each maximum, gathered with the blur's own border reflection -- the whole-map blur's values,
+exactly, at a small fraction of its cost (see benchmarks/bench_decoding.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .crops import boxes_to_center_scale
 
@@ -59,16 +62,17 @@ def decode_heatmaps(
 
 def refine_peaks(heatmaps: torch.Tensor, blur: str = "original") -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K, h, w) -> DARK-refined peak coordinates (N, K, 2) in heatmap pixels (x, y) and peak values (N, K)."""
+    if blur not in BLURS:
+        raise ValueError(f"blur must be one of {', '.join(BLURS)}, got {blur!r}")
     n, k, h, w = heatmaps.shape
     scores, flat_index = heatmaps.flatten(2).max(dim=-1)
     px, py = flat_index % w, flat_index // w
-    log_map = torch.log(blurred(heatmaps, blur).clamp(0.001, 50.0))
-    padded = F.pad(log_map.reshape(n * k, 1, h, w), (1, 1, 1, 1), mode="replicate").reshape(n, k, -1)
-    row = w + 2
-    centre = (py + 1) * row + (px + 1)
+    # log of the (blurred) map at the argmax and its 8 neighbours, a neighbour off the map taking the border's value
+    # (the references pad the log map by repeating its edge): the only values DARK reads.
+    log_map = torch.log(neighbourhood(heatmaps, px, py, blur).clamp(0.001, 50.0))
 
     def at(dx: int, dy: int) -> torch.Tensor:
-        return padded.gather(2, (centre + dy * row + dx).unsqueeze(-1)).squeeze(-1)
+        return log_map[..., 1 + dy, 1 + dx]
 
     i0, ix1, ix1_, iy1, iy1_ = at(0, 0), at(1, 0), at(-1, 0), at(0, 1), at(0, -1)
     gx, gy = 0.5 * (ix1 - ix1_), 0.5 * (iy1 - iy1_)
@@ -92,38 +96,61 @@ def refine_peaks(heatmaps: torch.Tensor, blur: str = "original") -> tuple[torch.
     return coords, scores
 
 
-def blurred(heatmaps: torch.Tensor, blur: str) -> torch.Tensor:
+# blur -> (taps, sigma, how the map continues past its border)
+BLUR_SPECS = {
+    "original": (11, 0.3 * ((11 - 1) * 0.5 - 1) + 0.8, "reflect101"),  # cv2.GaussianBlur((11, 11), 0): sigma 2
+    "transformers": (11, 0.8, "symmetric"),  # scipy gaussian_filter(sigma=0.8, radius=5), mode "reflect"
+}
+
+
+def reflect(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Indices past [0, size) folded back the way a blur's border mode reads them.
+
+    reflect101 (OpenCV's default): ... c b | a b c d | c b ...;  symmetric (scipy's "reflect"): ... b a | a b c d | d c
+    """
+    if size == 1:
+        return torch.zeros_like(index)
+    period = 2 * (size - 1) if mode == "reflect101" else 2 * size
+    folded = index.remainder(period)
+    back = period - folded if mode == "reflect101" else period - 1 - folded
+    return torch.where(folded >= size, back, folded)
+
+
+def neighbourhood(heatmaps: torch.Tensor, px: torch.Tensor, py: torch.Tensor, blur: str) -> torch.Tensor:
+    """(N, K, 3, 3): the (blurred) heatmap at the argmax (px, py) and its 8 neighbours, neighbours past the border
+    clamped onto it.
+
+    A blur of `taps` taps at those 9 points reads only the (taps + 2)^2 patch around the argmax, so only that patch
+    is gathered (with the blur's own border reflection) and blurred: the whole-map blur's values there, exactly,
+    at a fraction of its cost."""
+    n, k, h, w = heatmaps.shape
+    flat = heatmaps.flatten(2)
+    steps = torch.arange(-1, 2, device=heatmaps.device)
+    rows = (py.unsqueeze(-1) + steps).clamp(0, h - 1)  # (N, K, 3): the edge-padded neighbours
+    cols = (px.unsqueeze(-1) + steps).clamp(0, w - 1)
     if blur == "none":
-        return heatmaps
-    if blur == "original":
-        kernel = gaussian_kernel(11, 0.3 * ((11 - 1) * 0.5 - 1) + 0.8, heatmaps.device)  # cv2's sigma for ksize 11
-        out = separable_conv(heatmaps, kernel, pad_mode="constant")
-        peak = heatmaps.amax(dim=(2, 3), keepdim=True)
-        out_peak = out.amax(dim=(2, 3), keepdim=True)
-        return out * torch.where(out_peak != 0, peak / out_peak, torch.ones_like(peak))
-    if blur == "transformers":
-        return separable_conv(heatmaps, gaussian_kernel(11, 0.8, heatmaps.device), pad_mode="symmetric")
-    raise ValueError(f"blur must be one of {', '.join(BLURS)}, got {blur!r}")
+        return flat.gather(2, (rows[..., :, None] * w + cols[..., None, :]).flatten(2)).view(n, k, 3, 3)
+    taps, sigma, mode = BLUR_SPECS[blur]
+    r = taps // 2
+    span = torch.arange(-r - 1, r + 2, device=heatmaps.device)  # the patch: taps + 2 wide, centred on the argmax
+    patch_rows = reflect(py.unsqueeze(-1) + span, h, mode)
+    patch_cols = reflect(px.unsqueeze(-1) + span, w, mode)
+    patch = flat.gather(2, (patch_rows[..., :, None] * w + patch_cols[..., None, :]).flatten(2))
+    patch = patch.view(n, k, taps + 2, taps + 2)
+    kernel = gaussian_kernel(taps, sigma, heatmaps.device)
+    along_x = patch.unfold(-1, taps, 1) @ kernel  # (N, K, taps + 2, 3): blurred along x at px-1, px, px+1
+    blurred = along_x.transpose(-1, -2).unfold(-1, taps, 1) @ kernel  # (N, K, 3 [x], 3 [y])
+    blurred = blurred.transpose(-1, -2)  # (N, K, 3 [y], 3 [x]) at (py-1..py+1, px-1..px+1)
+    # a neighbour off the map reads the border pixel's blurred value (clamped index into the 3x3)
+    pick_rows = (rows - py.unsqueeze(-1) + 1)[..., :, None].expand(n, k, 3, 3)
+    pick_cols = (cols - px.unsqueeze(-1) + 1)[..., None, :].expand(n, k, 3, 3)
+    return blurred.gather(-1, pick_cols).gather(-2, pick_rows)
 
 
 def gaussian_kernel(size: int, sigma: float, device: torch.device) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     return (kernel / kernel.sum()).float().to(device)
-
-
-def separable_conv(maps: torch.Tensor, kernel: torch.Tensor, pad_mode: str) -> torch.Tensor:
-    n, k, h, w = maps.shape
-    r = len(kernel) // 2
-    x = maps.reshape(n * k, 1, h, w)
-    if pad_mode == "symmetric":  # scipy's "reflect": the edge pixel is repeated (d c b a | a b c d)
-        x = torch.cat([x[..., :r].flip(-1), x, x[..., -r:].flip(-1)], dim=-1)
-        x = torch.cat([x[..., :r, :].flip(-2), x, x[..., -r:, :].flip(-2)], dim=-2)
-    else:
-        x = F.pad(x, (r, r, r, r))
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    return x.reshape(n, k, h, w)
 
 
 def flip_back(heatmaps: torch.Tensor, flip_permutation: list[int]) -> torch.Tensor:
