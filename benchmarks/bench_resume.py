@@ -61,7 +61,8 @@ def listing(images: int, new_share: float, chunk: int = 65_536):
     """A listing of `images` URIs: the committed ones, with every 1/new_share-th replaced by a new image."""
     step = max(1, round(1 / new_share)) if new_share else 0
     for start in range(0, images, chunk):
-        uris = [uri(i) if not step or i % step else uri(i + 10 * images) for i in range(start, min(images, start + chunk))]
+        stop = min(images, start + chunk)
+        uris = [uri(i) if not step or i % step else uri(i + 10 * images) for i in range(start, stop)]
         yield pa.table({"image_uri": uris, "image_id": pa.nulls(len(uris), pa.int64())})
 
 

@@ -188,7 +188,8 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
         mark_dead_runs(opts.output)
         write_run_record(opts, run_id, "running", started, summary)
         summary.recovered = parts.recover_staging(opts.output)
-        metadata = parts.part_metadata(wanted.as_dict(), keypoint_set.keypoint_names, keypoint_set.name, version, run_id)
+        metadata = parts.part_metadata(wanted.as_dict(), keypoint_set.keypoint_names, keypoint_set.name, version,
+                                       run_id)
         execute(opts, listing, box_index, lease, metadata, summary)
         summary.seconds = time.time() - started
         write_run_record(opts, run_id, "complete", started, summary)

@@ -65,16 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--image-root", help="where a COCO JSON INPUT's file_name entries live")
     annotate.add_argument("--image-column", help="Parquet shards: the column holding encoded image bytes")
     annotate.add_argument("--flip-test", action="store_true", help="average with mirrored crops")
-    annotate.add_argument("--dataset-index", type=number(int, 0), help="ViTPose++ dataset (0 COCO ... 5 COCO-WholeBody)")
+    annotate.add_argument("--dataset-index", type=number(int, 0),
+                          help="ViTPose++ dataset (0 COCO ... 5 COCO-WholeBody)")
     annotate.add_argument("--batch-size", type=POSITIVE, default=DEFAULT_BATCH_SIZE,
                           help=f"images per actor call (default {DEFAULT_BATCH_SIZE})")
     annotate.add_argument("--crops-per-forward", type=POSITIVE, help="crops per model forward (default 8 CPU, 64 GPU)")
     annotate.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else Ray in-process)")
     annotate.add_argument("--coco-json", help="also write COCO keypoint results to this file")
-    annotate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (cuda when the cluster has GPUs), cpu, cuda")
+    annotate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                          help="auto (cuda when the cluster has GPUs), cpu, cuda")
     annotate.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="model precision (default fp32)")
     annotate.add_argument("--actors", type=POSITIVE, help="pose actors at most (default: one per GPU, or CPUs allow)")
-    annotate.add_argument("--cpus-per-actor", type=number(float, 0.0, low_open=True), help="CPUs each pose actor asks for")
+    annotate.add_argument("--cpus-per-actor", type=number(float, 0.0, low_open=True),
+                          help="CPUs each pose actor asks for")
     annotate.add_argument("--retry-errors", action="store_true",
                           help="redo every error row (by default a re-run redoes only failures that may pass)")
     annotate.add_argument("--rows-per-file", type=POSITIVE, default=DEFAULT_ROWS_PER_FILE,

@@ -2,9 +2,9 @@
 
 Local paths are absolute, with `..`, repeated slashes and symlinked folders resolved: `a//b`, `a/../a/b` and a path
 through a symlinked folder are one file. A symlinked *file* keeps its own name (boxes files and people refer to images
-by name, and a dangling link whose target appears later must stay the same image). Object-store keys are exact (`a//b` and `a/b` are
-two different S3 objects), so only the scheme is normalised (`s3a://` -> `s3://`, `gcs://` -> `gs://`). Shard
-members keep their `#member` suffix after the canonical shard URI.
+by name, and a dangling link whose target appears later must stay the same image). Object-store keys are exact
+(`a//b` and `a/b` are two different S3 objects), so only the scheme is normalised (`s3a://` -> `s3://`,
+`gcs://` -> `gs://`). Shard members keep their `#member` suffix after the canonical shard URI.
 """
 
 from __future__ import annotations
