@@ -244,13 +244,7 @@ def test_a_signal_stops_the_job_with_one_line(tmp_path, tiny_model, signum):
     assert not list((output / "_staging").glob("*.staged"))
     record = json.loads(next((output / "_runs").glob("*.json")).read_text())
     assert record["status"] == "stopped"
-    if signum == signal.SIGTERM:  # the same command finishes the job: one row per image
-        rerun = start(output, tiny_model)
-        _, err = rerun.communicate(timeout=400)
-        assert rerun.returncode == 0, err[-2000:]
-        counts = Counter(u for t in iter_part_tables(str(output), ["image_uri"])
-                         for u in t.column("image_uri").to_pylist())
-        assert len(counts) == 80 and set(counts.values()) == {1}
+    # (that the same command then finishes with one row per image: test_killed_run_then_rerun_gives_one_row_per_image)
 
 
 @pytest.mark.slow
