@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.decode import decode_batch, pixels_of
-from schemas.predictions import make_table, persons_from_result
+from schemas.predictions import make_table, persons_column
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class PoseWorker:
         if self.decode:
             batch = decode_batch(batch, self.boxes)
         rows = batch.to_pylist()
-        persons: list[list[dict]] = [[] for _ in rows]
+        results: list[dict | None] = [None for _ in rows]
         errors = [row["error"] for row in rows]
         retryable = [row["error_retryable"] for row in rows]
         good = [i for i, row in enumerate(rows) if row["error"] is None]
@@ -61,39 +61,40 @@ class PoseWorker:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                self.estimate(rows, good, persons)
+                self.estimate(rows, good, results)
             except Exception as exc:  # noqa: BLE001 - isolate the image that broke the batch, keep the others
                 retried = True
                 self.notes.append(f"a batch failed ({type(exc).__name__}: {str(exc)[:200]}); retried image by image")
                 for i in good:
                     try:
-                        self.estimate(rows, [i], persons)
+                        self.estimate(rows, [i], results)
                     except Exception as single:  # noqa: BLE001
                         errors[i] = f"pose estimation failed: {type(single).__name__}: {single}"
                         retryable[i] = True  # out of memory, a device fault: may pass on a re-run
         self.notes += [str(w.message) for w in caught]
+        results = [r if e is None else None for r, e in zip(results, errors)]
         table = make_table(
             [r["image_uri"] for r in rows], [r["image_id"] for r in rows],
-            [r["width"] for r in rows], [r["height"] for r in rows], persons, errors, retryable,
+            [r["width"] for r in rows], [r["height"] for r in rows], persons_column(results), errors, retryable,
         )
         given = [len(r["boxes"]) // 4 if r["boxes"] is not None and e is None else 0 for r, e in zip(rows, errors)]
-        dropped = [max(0, n - len(p)) for n, p in zip(given, persons)]
+        dropped = [max(0, n - (0 if r is None else len(r["boxes"]))) for n, r in zip(given, results)]
         notes = ([list(dict.fromkeys(self.notes))] + [[] for _ in rows[1:]]) if rows else []
         self.notes = []
         return (table.append_column("_dropped_boxes", pa.array(dropped, pa.int32()))
                 .append_column("_retried", pa.array([retried] + [False] * (len(rows) - 1) if rows else [], pa.bool_()))
                 .append_column("_notes", pa.array(notes, pa.list_(pa.string()))))
 
-    def estimate(self, rows: list[dict], indices: list[int], persons: list[list[dict]]) -> None:
+    def estimate(self, rows: list[dict], indices: list[int], results: list[dict | None]) -> None:
         if not indices:
             return
         images = [pixels_of(rows[i]["pixels"], rows[i]["width"], rows[i]["height"]) for i in indices]
         given = [rows[i]["boxes"] is not None for i in indices]
         boxes = [np.asarray(rows[i]["boxes"], np.float32).reshape(-1, 4) for i in indices] if all(given) else None
         scores = [np.asarray(rows[i]["box_scores"], np.float32) for i in indices] if all(given) else None
-        results = self.estimator(images, boxes=boxes, box_scores=scores, dataset_index=self.dataset_index)
-        for i, result in zip(indices, results):
-            persons[i] = persons_from_result(result)
+        for i, result in zip(indices, self.estimator(images, boxes=boxes, box_scores=scores,
+                                                     dataset_index=self.dataset_index)):
+            results[i] = result
 
     def maybe_die(self) -> None:
         if self.kill_after is None:
