@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pyarrow as pa
 
-from jobs.decode import decode_batch, pixels_of
+from jobs.decode import decode_batch, pixels_of, to_full, to_reduced
 from schemas.predictions import make_table, persons_column
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,20 @@ class PoseWorker:
     def estimate(self, rows: list[dict], indices: list[int], results: list[dict | None]) -> None:
         if not indices:
             return
-        images = [pixels_of(rows[i]["pixels"], rows[i]["width"], rows[i]["height"]) for i in indices]
+        reductions = [rows[i].get("reduction") or 1 for i in indices]
+        images = [pixels_of(rows[i]["pixels"], rows[i]["width"], rows[i]["height"], f)
+                  for i, f in zip(indices, reductions)]
         given = [rows[i]["boxes"] is not None for i in indices]
-        boxes = [np.asarray(rows[i]["boxes"], np.float32).reshape(-1, 4) for i in indices] if all(given) else None
+        boxes = [to_reduced(np.asarray(rows[i]["boxes"], np.float32), f) for i, f in zip(indices, reductions)] \
+            if all(given) else None
         scores = [np.asarray(rows[i]["box_scores"], np.float32) for i in indices] if all(given) else None
-        for i, result in zip(indices, self.estimator(images, boxes=boxes, box_scores=scores,
-                                                     dataset_index=self.dataset_index)):
+        estimated = self.estimator(images, boxes=boxes, box_scores=scores, dataset_index=self.dataset_index)
+        for i, f, result in zip(indices, reductions, estimated):
+            if f > 1:  # decoded at 1/f: keypoints and boxes back in full-image pixels
+                result["keypoints"] = to_full(result["keypoints"], f)
+                full = result["boxes"].copy()
+                full[:, :2], full[:, 2:] = to_full(full[:, :2], f), full[:, 2:] * f
+                result["boxes"] = full
             results[i] = result
 
     def maybe_die(self) -> None:
