@@ -69,6 +69,7 @@ class AnnotateOptions:
     rows_per_file: int = parts.DEFAULT_ROWS_PER_FILE
     commit_interval: float = parts.DEFAULT_COMMIT_INTERVAL_S
     lease_ttl: float = leases.DEFAULT_TTL_S
+    compile: bool = False  # torch.compile in the actors (speed only: not part of the provenance)
 
 
 @dataclass
@@ -287,7 +288,7 @@ def pose_rows(opts: AnnotateOptions, items, box_index):
             "model": opts.model, "detector": None if opts.boxes else opts.detector, "device": device,
             "dtype": opts.dtype, "flip_test": opts.flip_test, "dataset_index": opts.dataset_index,
             "crops_per_forward": opts.crops_per_forward, "threads": threads,
-            "decode": decode_in_actor, "boxes": box_index if decode_in_actor else None,
+            "decode": decode_in_actor, "boxes": box_index if decode_in_actor else None, "compile": opts.compile,
         },
         batch_size=opts.batch_size,
         batch_format="pyarrow",

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--actors", type=POSITIVE, help="pose actors at most (default: one per GPU, or CPUs allow)")
     annotate.add_argument("--cpus-per-actor", type=number(float, 0.0, low_open=True),
                           help="CPUs each pose actor asks for")
+    annotate.add_argument("--compile", action="store_true",
+                          help="torch.compile the model in every actor: a slower start for faster batches")
     annotate.add_argument("--retry-errors", action="store_true",
                           help="redo every error row (by default a re-run redoes only failures that may pass)")
     annotate.add_argument("--rows-per-file", type=POSITIVE, default=DEFAULT_ROWS_PER_FILE,
@@ -159,7 +161,7 @@ def annotate_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, crops_per_forward=args.crops_per_forward, ray_address=args.ray_address,
         coco_json=args.coco_json, device=args.device, dtype=args.dtype, actors=args.actors,
         cpus_per_actor=args.cpus_per_actor, retry_errors=args.retry_errors, rows_per_file=args.rows_per_file,
-        commit_interval=args.commit_interval,
+        commit_interval=args.commit_interval, compile=args.compile,
     )
     summary = run_annotate(options)
     for line in summary.lines():

@@ -26,7 +26,7 @@ class PoseWorker:
 
     def __init__(self, model: str, detector: str | None, device: str, dtype: str | None, flip_test: bool,
                  dataset_index: int | None, crops_per_forward: int | None, threads: int | None,
-                 decode: bool = False, boxes=None) -> None:
+                 decode: bool = False, boxes=None, compile: bool = False) -> None:
         """decode: batches arrive undecoded (ITEM rows) and are decoded here, with `boxes` (a BoxIndex) attached."""
         import torch
 
@@ -40,7 +40,7 @@ class PoseWorker:
             self.estimator = vc.PoseEstimator(
                 vc.load_pose_model(model, device=device, dtype=dtype),
                 detector=vc.load_detector(detector, device=device) if detector else None,
-                flip_test=flip_test, device=device, batch_size=crops_per_forward,
+                flip_test=flip_test, device=device, batch_size=crops_per_forward, compile=compile,
             )
         self.notes = [str(w.message) for w in caught]  # sent with the next batch
         self.decode, self.boxes = decode, boxes

@@ -99,6 +99,7 @@ def test_parser_knows_the_interface_flags():
     parser = build_parser()
     args = parser.parse_args(["annotate", "in", "out", "--model", "m", "--boxes", "b.json", "--image-root", "r",
                               "--flip-test", "--dataset-index", "5", "--batch-size", "4", "--ray-address", "a:1",
-                              "--coco-json", "c.json"])
+                              "--coco-json", "c.json", "--retry-errors", "--rows-per-file", "1000", "--compile"])
     assert (args.flip_test, args.dataset_index, args.batch_size) == (True, 5, 4)
+    assert (args.retry_errors, args.rows_per_file, args.compile) == (True, 1000, True)
     assert parser.parse_args(["export-coco", "p", "o.json", "--format", "dataset"]).format == "dataset"

@@ -300,3 +300,16 @@ def test_summary_says_when_boxes_match_few_images(tmp_path):
     assert summary.images_without_boxes == 10
     assert f"10 of 14 images (71%) are not in {gt}" in summary.lines()[-1]
     assert "are these the boxes of this INPUT?" in summary.lines()[-1]
+
+
+def test_compile_reaches_the_actors(tiny_model):
+    """`--compile` is a speed setting: it reaches every actor's PoseEstimator and no provenance."""
+    from jobs.annotate import AnnotateOptions, settings_of
+
+    compiled = PoseWorker(tiny_model, None, "cpu", None, False, None, None, 1, compile=True)
+    eager = PoseWorker(tiny_model, None, "cpu", None, False, None, None, 1)
+    assert compiled.estimator.forward is not compiled.estimator.model  # torch.compile's wrapper
+    assert eager.estimator.forward is eager.estimator.model
+    options = AnnotateOptions(input="in", output="out", model=tiny_model, boxes=None, detector=None)
+    assert settings_of(options, "coco") == settings_of(AnnotateOptions(**{**options.__dict__, "compile": True}),
+                                                       "coco")
