@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.output.uris import canonical_prefix, canonical_uri, is_local_uri, split_scheme
-from jobs.storage import read_json
+from jobs.storage import is_local, protocols, read_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif")
 GLOB_CHARS = "*?["
@@ -45,7 +45,6 @@ class Listing:
     chunks: Callable[[], Iterator[pa.Table]]
     shards: list[str] | None = None
     coco_images: list[dict] | None = None  # the COCO JSON's images[], when INPUT was one
-    skipped_tars: int = 0
 
 
 LISTING_SCHEMA = pa.schema([("image_uri", pa.string()), ("image_id", pa.int64())])
@@ -62,7 +61,7 @@ def _is_tar(path: str) -> bool:
 def _chunked(uris: Iterator[str], ids: Iterator[int | None] | None = None) -> Iterator[pa.Table]:
     batch_uris: list[str] = []
     batch_ids: list[int | None] = []
-    for i, uri in enumerate(uris):
+    for uri in uris:
         batch_uris.append(uri)
         batch_ids.append(None if ids is None else next(ids))
         if len(batch_uris) == CHUNK_ROWS:
@@ -102,7 +101,7 @@ def walk_local(root: str, want: Callable[[str], bool]) -> Iterator[str]:
 def walk_store(fs: fsspec.AbstractFileSystem, path: str, want: Callable[[str], bool]) -> Iterator[str]:
     """Paths under an object-store prefix, page by page where the store allows it (S3), else all at once."""
     iterdir = getattr(fs, "_iterdir", None)
-    if iterdir is not None and "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if iterdir is not None and "s3" in protocols(fs):
         from fsspec.asyn import sync
 
         bucket, key, _ = fs.split_path(path)
@@ -247,7 +246,7 @@ def arrow_filesystem(fs: fsspec.AbstractFileSystem):
     """pyarrow view of an fsspec filesystem, so Ray's readers use the same credentials and endpoints."""
     from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
 
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if is_local(fs):
         return LocalFileSystem()
     return PyFileSystem(FSSpecHandler(fs))
 

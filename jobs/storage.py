@@ -27,5 +27,10 @@ def open_filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path.rstrip("/") if path not in ("/", "") else path
 
 
+def protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    """Every protocol name `fs` answers to (fsspec gives a string or a tuple)."""
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    return "file" in protocols(fs)

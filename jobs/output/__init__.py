@@ -6,7 +6,7 @@
 * `parts`      right-sized live Parquet parts, durable staged progress, crash recovery
 * `resume`     which listed images OUTPUT holds (128-bit keys, streamed anti-join), which errors to redo
 
-Sources, sinks, export, evaluate and render read and write OUTPUT only through these modules.
+Annotate, sources, export, evaluate and render read and write OUTPUT only through these modules.
 """
 
 from jobs.output.lease import LeaseHeld, LeaseLost, make_lease

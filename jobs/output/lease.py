@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from jobs.storage import is_local, open_filesystem
+from jobs.storage import is_local, open_filesystem, protocols
 
 log = logging.getLogger("vitpose_batch")
 
@@ -333,12 +333,12 @@ class BestEffortLease(ObjectLease):
 def make_lease(output: str, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> Lease:
     """The lease kind OUTPUT's filesystem supports (see the module docstring)."""
     fs, _ = open_filesystem(output)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    names = protocols(fs)
     if is_local(fs):
         return LocalLease(output, run_id, ttl_s)
-    if "s3" in protocols:
+    if "s3" in names:
         return S3Lease(output, run_id, ttl_s)
-    if "gs" in protocols or "gcs" in protocols:
+    if "gs" in names or "gcs" in names:
         return GCSLease(output, run_id, ttl_s)
     log.warning("%s has no conditional writes: two runs started within a second of each other may both run",
                 output)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from jobs.output.parts import drop_rows, iter_part_tables, list_part_files, read_parquet
+from jobs.output.parts import drop_rows, list_part_files, read_parquet
 from jobs.storage import open_filesystem
 
 log = logging.getLogger("vitpose_batch")
@@ -160,8 +160,3 @@ def drop_redone_rows(output: str, redo: dict[bytes, tuple[str, str]]) -> int:
     for uri, file in redo.values():
         by_file[file].add(uri)
     return sum(drop_rows(output, file, uris) for file, uris in by_file.items())
-
-
-def finished_count(output: str) -> int:
-    """Rows committed under OUTPUT."""
-    return sum(t.num_rows for t in iter_part_tables(output, columns=["image_uri"]))
