@@ -3,7 +3,9 @@ commits what arrived, records how it ended and releases OUTPUT; the CLI prints o
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -16,10 +18,25 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+DUPLICATE_WINDOW_S = 2.0
+_first: dict[str, float] = {}
+
+
 def _raise(signum, frame) -> None:
-    for stop in STOP_SIGNALS:  # a second signal while stopping: the default, immediate behaviour
-        signal.signal(stop, signal.SIG_DFL)
+    _first.update(signum=signum, at=time.monotonic())
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, _again)
     raise Stopped(signum)
+
+
+def _again(signum, frame) -> None:
+    """A signal while stopping. Ctrl-C reaches every process of the terminal's group, so the job gets it both from
+    the terminal and forwarded by its watching parent (jobs.supervisor): that duplicate is ignored. Any other
+    signal stops the job at once, the default way."""
+    if signum == _first.get("signum") and time.monotonic() - _first["at"] < DUPLICATE_WINDOW_S:
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 _installed = False

@@ -29,13 +29,10 @@ def supervise(argv: list[str]) -> int:
     """Run `python -m jobs.cli *argv` as a watched child; its exit status, or one line of ours and 1."""
     env = dict(os.environ, **{SUPERVISED: "1"})
     child = subprocess.Popen([sys.executable, "-m", "jobs.cli", *argv], env=env, preexec_fn=_die_with_parent)
-    forwarded = {"done": False}
 
     def forward(signum, frame) -> None:
-        # Ctrl-C reaches the whole process group, the child too: forward only what was sent to us alone
-        if signum == signal.SIGINT and forwarded["done"]:
-            return
-        forwarded["done"] = True
+        # A signal sent to this command alone must reach the job. Ctrl-C reaches the job from the terminal as well:
+        # the job ignores that duplicate (jobs.signals).
         try:
             child.send_signal(signum)
         except ProcessLookupError:
