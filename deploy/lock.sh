@@ -9,13 +9,14 @@ cd "$(dirname "$0")/.."
 
 RAY=2.60.0            # must match the tag of the FROM line in deploy/Dockerfile
 TORCH=2.13.0          # the PyPI wheel carries its CUDA 13 runtime as nvidia-* wheels
+TORCHVISION=0.28.0    # torch 2.13's: nvjpeg decoding of JPEGs on the GPU (jobs/device_decode.py)
 ORT_GPU=1.31.1        # CUDA 13 / cuDNN 9 build, the same CUDA major as torch's
 
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 # --isolated: ignore local pip configuration (find-links, extra indexes) so the lock reflects PyPI alone.
 pip --isolated install --dry-run --ignore-installed --quiet --report "$report" \
-    ".[hf]" "onnxruntime-gpu[cuda,cudnn]==${ORT_GPU}" "torch==${TORCH}" "ray[data]==${RAY}"
+    ".[hf]" "onnxruntime-gpu[cuda,cudnn]==${ORT_GPU}" "torch==${TORCH}" "torchvision==${TORCHVISION}" "ray[data]==${RAY}"
 
 python3 - "$report" > deploy/requirements.lock <<'PY'
 import json

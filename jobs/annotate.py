@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from jobs.decode import decode_batch
+from jobs.decode import read_batch
 from jobs.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DETECTOR, DEFAULT_MODEL
 from jobs import signals
 from jobs.diagnostics import Diagnostics
@@ -64,7 +64,9 @@ class AnnotateOptions:
     dtype: str | None = None
     actors: int | None = None
     cpus_per_actor: float | None = None
-    decode_cpus: float = 0.5
+    decode_cpus: float = 0.5  # per read task before GPU actors
+    calls_per_actor: int | None = None  # batches an actor runs at once; None: 2 on GPUs, 1 on CPUs
+    read_tasks: bool | None = None  # files read by CPU tasks before the actors; None: on GPUs
     retry_errors: bool = False
     rows_per_file: int = parts.DEFAULT_ROWS_PER_FILE
     commit_interval: float = parts.DEFAULT_COMMIT_INTERVAL_S
@@ -276,27 +278,43 @@ def pose_rows(opts: AnnotateOptions, items, box_index):
     resources = ray.cluster_resources()
     device = ("cuda" if resources.get("GPU", 0) else "cpu") if opts.device == "auto" else opts.device
     actors, actor_cpus, threads = plan_actors(resources, device, opts)
-    # GPU actors get pixels decoded by CPU tasks. CPU actors decode for themselves: there the actors are the
-    # compute, and decode tasks beside them preempt torch's threads (2 cores: +40% per batch, measured).
-    decode_in_actor = not device.startswith("cuda")
-    if not decode_in_actor:
-        items = items.map_batches(decode_batch, batch_size=8, batch_format="pyarrow",
-                                  fn_kwargs={"boxes": box_index}, num_cpus=opts.decode_cpus)
+    gpu = device.startswith("cuda")
+    if opts.read_tasks if opts.read_tasks is not None else gpu:
+        # CPU tasks read the files, so the GPU never waits on storage; encoded bytes, not pixels, cross the object
+        # store. CPU actors read for themselves: there the actors are the compute, and tasks beside them preempt
+        # torch's threads (2 cores: +40% per batch, measured).
+        items = items.map_batches(read_batch, batch_size=opts.batch_size, batch_format="pyarrow",
+                                  num_cpus=opts.decode_cpus)
+    calls = opts.calls_per_actor or (2 if gpu else 1)
     return items.map_batches(
         PoseWorker,
         fn_constructor_kwargs={
             "model": opts.model, "detector": None if opts.boxes else opts.detector, "device": device,
             "dtype": opts.dtype, "flip_test": opts.flip_test, "dataset_index": opts.dataset_index,
-            "crops_per_forward": opts.crops_per_forward, "threads": threads,
-            "decode": decode_in_actor, "boxes": box_index if decode_in_actor else None, "compile": opts.compile,
+            "crops_per_forward": opts.crops_per_forward, "threads": threads, "boxes": box_index,
+            "compile": opts.compile,
         },
         batch_size=opts.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        compute=actor_pool(actors, calls),
         num_cpus=actor_cpus,
-        num_gpus=1 if device.startswith("cuda") else 0,
+        num_gpus=1 if gpu else 0,
         # Ray Data's actor pools restart a dead actor and re-run its batch (max_restarts / max_task_retries -1).
     )
+
+
+def actor_pool(actors: int, calls: int):
+    """Up to `actors` actors, each running `calls` batches at once (threads): with 2, one batch's host work
+    overlaps the other's GPU work."""
+    import ray.data
+
+    if calls > 1:
+        try:
+            return ray.data.ActorPoolStrategy(min_size=1, max_size=actors, max_concurrent_calls_per_actor=calls,
+                                              enable_true_multi_threading=True)
+        except TypeError:  # a Ray without threaded UDF calls: one at a time
+            pass
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=actors)
 
 
 def write_rows(opts: AnnotateOptions, rows, lease, metadata: dict, total: int | None, summary: Summary) -> None:
@@ -427,14 +445,15 @@ def connect(address: str | None) -> None:
 def plan_actors(resources: dict, device: str, opts: AnnotateOptions) -> tuple[int, float, int | None]:
     """(pool size, CPUs per actor, torch threads per actor) that leave the read/decode tasks CPU to run on.
 
-    On GPUs: one actor per GPU, one CPU each. On CPUs: actors never take every CPU of the cluster -- a pool that
+    On GPUs: one actor per GPU, with up to 4 CPUs each (its decode threads) while a CPU per GPU stays for the read
+    tasks. On CPUs: actors never take every CPU of the cluster -- a pool that
     holds them all starves the read tasks and the job hangs without an error -- so one CPU stays for reading and
     decoding, and the actors' torch threads use what they were given.
     """
     cpus = resources.get("CPU", 1)
     if device.startswith("cuda"):
         actors = opts.actors or max(1, int(resources.get("GPU", 1)))
-        per_actor = opts.cpus_per_actor or 1.0
+        per_actor = opts.cpus_per_actor or float(max(1, min(4, int(cpus // actors) - 1)))
         return actors, per_actor, max(1, int(per_actor))
     per_actor = opts.cpus_per_actor or (max(1.0, cpus - 1.0) if cpus <= 9 else 8.0)
     budget = max(per_actor, cpus - 1.0)  # keep one CPU for reading and decoding

@@ -1,7 +1,9 @@
-"""Decode stage (CPU tasks): encoded bytes -> upright RGB pixels, or a per-image error; person boxes attached.
+"""Read and decode: encoded bytes -> upright RGB pixels, or a per-image error; person boxes attached.
 
-Runs between reading and the pose actors so that GPU actors only ever see ready pixels. A file that cannot be read
-or decoded becomes a row with `error` set; the job goes on.
+The pose actors decode their own batches (`decode_items`): encoded bytes, about a fifth of the pixels' size, are
+what crosses Ray's object store. Before GPU actors, CPU tasks read the files (`read_batch`) so that the actor
+never waits on storage; JPEGs then decode on the GPU (jobs.device_decode). A file that cannot be read or decoded
+becomes a row with `error` set; the job goes on.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import io
 import re
 import time
 import warnings
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -19,17 +24,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from schemas.coco import image_name
 from vitpose_core.crops import boxes_to_center_scale
 
-DECODED_SCHEMA = pa.schema([
+ENCODED_SCHEMA = pa.schema([
     ("image_uri", pa.string()),
     ("image_id", pa.int64()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("pixels", pa.large_binary()),  # HxWx3 uint8 RGB, C order, at 1/reduction of width x height; empty on error
-    ("reduction", pa.int32()),  # 1, or the JPEG DCT reduction the pixels were decoded at
+    ("data", pa.large_binary()),  # the file's bytes; empty when it could not be read
     ("error", pa.string()),
     ("error_retryable", pa.bool_()),
-    ("boxes", pa.list_(pa.float32())),  # flat n*4 xywh from --boxes; null: run the detector
-    ("box_scores", pa.list_(pa.float32())),
 ])
 
 READ_ATTEMPTS = 6  # object stores blink: ~0.5+1+2+4+8 s of patience before an image is given up as unreadable
@@ -152,40 +152,84 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
 
 
-def decode_batch(batch: pa.Table, boxes=None) -> pa.Table:
-    """ITEM rows (image_uri, image_id, data) -> DECODED_SCHEMA rows. `boxes`: a schemas.coco.BoxIndex or None.
+@dataclass
+class Decoded:
+    """One image ready for the pose stage, or the reason it is not (`error`)."""
 
-    With boxes known, a large JPEG is decoded no larger than its crops need (`reduction_for`); width and height are
-    the full image's, and the pose stage maps its keypoints back to full-image pixels."""
-    out: dict[str, list] = {name: [] for name in DECODED_SCHEMA.names}
+    image_uri: str
+    image_id: int | None
+    width: int = 0  # of the full image, after EXIF orientation
+    height: int = 0
+    image: Any = None  # HxWx3 uint8 RGB at 1/reduction: a numpy array, or a torch tensor on the pose device
+    reduction: int = 1
+    error: str | None = None
+    retryable: bool | None = None
+    boxes: np.ndarray | None = None  # (n, 4) xywh from --boxes, full-image pixels; None: run the detector
+    box_scores: np.ndarray | None = None
+
+
+def read_batch(batch: pa.Table) -> pa.Table:
+    """ITEM rows -> ENCODED rows: the bytes of every file row read (shard members carry theirs), read failures in
+    `error`. Runs in CPU tasks before GPU actors, so that encoded bytes, not pixels, cross the object store."""
+    datas = batch.column("data").to_pylist()
+    errors: list[str | None] = [None] * len(datas)
+    retryable: list[bool | None] = [None] * len(datas)
+    for i, (uri, data) in enumerate(zip(batch.column("image_uri").to_pylist(), datas)):
+        if data is None:
+            try:
+                datas[i] = read_bytes(uri)
+            except ImageError as exc:
+                errors[i], retryable[i] = str(exc), exc.retryable
+    return pa.table({"image_uri": batch.column("image_uri"), "image_id": batch.column("image_id"),
+                     "data": pa.array(datas, pa.large_binary()), "error": pa.array(errors, pa.string()),
+                     "error_retryable": pa.array(retryable, pa.bool_())}, schema=ENCODED_SCHEMA)
+
+
+def decode_items(batch: pa.Table, boxes=None, pool: Executor | None = None, jpeg=None) -> list[Decoded]:
+    """ITEM or ENCODED rows -> one `Decoded` per row, in order. `boxes`: a schemas.coco.BoxIndex or None.
+
+    Files are read where their bytes are not in the row. With boxes known, a large JPEG is decoded no larger than its
+    crops need (`reduction_for`); width and height stay the full image's. `pool` decodes images in parallel (PIL
+    releases the GIL). `jpeg` (a jobs.device_decode.DeviceJpeg) decodes the JPEGs it accepts straight into device
+    memory, in one call for the batch; every other image, and any it fails on, takes the CPU path, whose
+    messages name the problem.
+    """
     uris = batch.column("image_uri").to_pylist()
     ids = batch.column("image_id").to_pylist()
     datas = batch.column("data").to_pylist()
-    for uri, image_id, data in zip(uris, ids, datas):
-        pixels, width, height, error, retryable, reduction = b"", 0, 0, None, None, 1
-        box_list = score_list = found_boxes = None
-        if boxes is not None:
-            found_boxes, found_scores = boxes.boxes_for(file_name=image_name(uri), image_id=image_id)
-            box_list = np.asarray(found_boxes, np.float32).reshape(-1).tolist()
-            score_list = np.asarray(found_scores, np.float32).reshape(-1).tolist()
-            if image_id is None:
-                image_id = boxes.image_id_for(image_name(uri))
-        try:
-            data = read_bytes(uri) if data is None else data
-            image, reduction = decode_reduced(data, reduction_for(found_boxes))
-            height, width = image.shape[:2]
-            if reduction > 1:
-                width, height = full_size(data)
-            pixels = image.tobytes()
-        except ImageError as exc:
-            error, retryable = str(exc), exc.retryable
-        for name, value in zip(DECODED_SCHEMA.names, (uri, image_id, width, height, pixels, reduction, error,
-                                                      retryable, box_list, score_list)):
-            out[name].append(value)
-    return pa.table(out, schema=DECODED_SCHEMA)
+    given = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(uris)
+    items = [attach_boxes(Decoded(uri, image_id, error=error), boxes) for uri, image_id, error in zip(uris, ids, given)]
+    if "error_retryable" in batch.column_names:
+        for item, retryable in zip(items, batch.column("error_retryable").to_pylist()):
+            item.retryable = retryable
+    run = pool.map if pool is not None else map
+    todo = [i for i, item in enumerate(items) if item.error is None]
+    if jpeg is not None:
+        done = jpeg.decode_into([items[i] for i in todo], [datas[i] for i in todo])
+        todo = [i for i, ok in zip(todo, done) if not ok]
+    list(run(decode_one, [items[i] for i in todo], [datas[i] for i in todo]))  # fills the items in place
+    return items
 
 
-def pixels_of(row_pixels: bytes, width: int, height: int, reduction: int = 1) -> np.ndarray:
-    """The HxWx3 view of a decoded row's pixels (no copy); width x height of the full image, decoded at
-    1/reduction."""
-    return np.frombuffer(row_pixels, dtype=np.uint8).reshape(-(-height // reduction), -(-width // reduction), 3)
+def attach_boxes(item: Decoded, boxes) -> Decoded:
+    """The --boxes of `item`'s image (by file name or COCO id), and its COCO id when the boxes file knows it."""
+    if boxes is not None:
+        found, scores = boxes.boxes_for(file_name=image_name(item.image_uri), image_id=item.image_id)
+        item.boxes = np.asarray(found, np.float32).reshape(-1, 4)
+        item.box_scores = np.asarray(scores, np.float32).reshape(-1)
+        if item.image_id is None:
+            item.image_id = boxes.image_id_for(image_name(item.image_uri))
+    return item
+
+
+def decode_one(item: Decoded, data: bytes | None) -> Decoded:
+    """Read (when `data` is None) and decode one image on the CPU into `item`; failures become its error."""
+    try:
+        data = read_bytes(item.image_uri) if data is None else data
+        item.image, item.reduction = decode_reduced(data, reduction_for(item.boxes))
+        item.height, item.width = item.image.shape[:2]
+        if item.reduction > 1:
+            item.width, item.height = full_size(data)
+    except ImageError as exc:
+        item.image, item.error, item.retryable = None, str(exc), exc.retryable
+    return item

@@ -1,4 +1,5 @@
-"""The pose stage: a Ray actor that loads the detector and ViTPose once, then turns decoded batches into rows.
+"""The pose stage: a Ray actor that loads the detector and ViTPose once, then turns batches of encoded images
+into rows.
 
 Besides the prediction columns each output batch carries diagnostics for the driver (stripped before rows are
 written): `_dropped_boxes` (unusable boxes left out, per image), `_retried` (the batch failed whole and was retried
@@ -10,99 +11,116 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pyarrow as pa
 
-from jobs.decode import decode_batch, pixels_of, to_full, to_reduced
+from jobs.decode import Decoded, decode_items, to_full, to_reduced
 from schemas.predictions import make_table, persons_column
 
 log = logging.getLogger(__name__)
 
 
 class PoseWorker:
-    """Callable class for `map_batches(..., compute=ActorPoolStrategy)`: DECODED rows -> PREDICTION rows."""
+    """Callable class for `map_batches(..., compute=ActorPoolStrategy)`: ITEM or ENCODED rows -> PREDICTION rows.
+
+    The actor decodes its own batches: a thread pool of the CPUs Ray granted decodes on the CPU, and on a GPU the
+    JPEGs decode into device memory (jobs.device_decode), where crops, the model and heatmap decoding stay. It is
+    thread-safe, so an actor may run two batches at once: one's host work (decoding other formats, building rows)
+    then overlaps the other's GPU work.
+    """
 
     def __init__(self, model: str, detector: str | None, device: str, dtype: str | None, flip_test: bool,
                  dataset_index: int | None, crops_per_forward: int | None, threads: int | None,
-                 decode: bool = False, boxes=None, compile: bool = False) -> None:
-        """decode: batches arrive undecoded (ITEM rows) and are decoded here, with `boxes` (a BoxIndex) attached."""
+                 boxes=None, compile: bool = False, device_jpeg: bool = True) -> None:
+        """boxes: a schemas.coco.BoxIndex (--boxes) or None (run the detector); threads: the CPUs Ray granted,
+        for torch, onnxruntime and decoding; device_jpeg: decode JPEGs on a CUDA device when torchvision can."""
         import torch
 
         import vitpose_core as vc
+        from jobs.device_decode import DeviceJpeg
 
         if threads:
             torch.set_num_threads(threads)
         self.dataset_index = dataset_index
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            self.estimator = vc.PoseEstimator(
-                vc.load_pose_model(model, device=device, dtype=dtype),
-                detector=vc.load_detector(detector, device=device) if detector else None,
-                flip_test=flip_test, device=device, batch_size=crops_per_forward, compile=compile,
-            )
-        self.notes = [str(w.message) for w in caught]  # sent with the next batch
-        self.decode, self.boxes = decode, boxes
+        detector_options = {"num_threads": threads} if threads and detector and detector.lower().endswith(".onnx") \
+            else {}
+        self.notes: list[str] = []  # warnings raised in this actor, sent with the next batch
+        self.lock = threading.Lock()
+        # One process-wide hook, not catch_warnings per call: that swaps a global and is not thread-safe.
+        warnings.simplefilter("always")
+        warnings.showwarning = self.note_warning
+        self.estimator = vc.PoseEstimator(
+            vc.load_pose_model(model, device=device, dtype=dtype),
+            detector=vc.load_detector(detector, device=device, **detector_options) if detector else None,
+            flip_test=flip_test, device=device, batch_size=crops_per_forward, compile=compile,
+        )
+        self.boxes = boxes
+        self.pool = ThreadPoolExecutor(max_workers=max(1, threads or 1), thread_name_prefix="decode")
+        self.jpeg = DeviceJpeg.for_device(self.estimator.device) if device_jpeg else None
         fault = os.environ.get("VITPOSE_TEST_KILL_AFTER")  # test-only fault hook: die once after N batches
         self.kill_after = int(fault) if fault else None
         self.batches = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.maybe_die()
-        if self.decode:
-            batch = decode_batch(batch, self.boxes)
-        rows = batch.to_pylist()
-        results: list[dict | None] = [None for _ in rows]
-        errors = [row["error"] for row in rows]
-        retryable = [row["error_retryable"] for row in rows]
-        good = [i for i, row in enumerate(rows) if row["error"] is None]
+        items = decode_items(batch, self.boxes, pool=self.pool, jpeg=self.jpeg)
+        results: list[dict | None] = [None for _ in items]
+        errors = [item.error for item in items]
+        retryable = [item.retryable for item in items]
+        good = [i for i, item in enumerate(items) if item.error is None]
         retried = False
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                self.estimate(rows, good, results)
-            except Exception as exc:  # noqa: BLE001 - isolate the image that broke the batch, keep the others
-                retried = True
-                self.notes.append(f"a batch failed ({type(exc).__name__}: {str(exc)[:200]}); retried image by image")
-                for i in good:
-                    try:
-                        self.estimate(rows, [i], results)
-                    except Exception as single:  # noqa: BLE001
-                        errors[i] = f"pose estimation failed: {type(single).__name__}: {single}"
-                        retryable[i] = True  # out of memory, a device fault: may pass on a re-run
-        self.notes += [str(w.message) for w in caught]
+        try:
+            self.estimate(items, good, results)
+        except Exception as exc:  # noqa: BLE001 - isolate the image that broke the batch, keep the others
+            retried = True
+            self.note_warning(f"a batch failed ({type(exc).__name__}: {str(exc)[:200]}); retried image by image")
+            for i in good:
+                try:
+                    self.estimate(items, [i], results)
+                except Exception as single:  # noqa: BLE001
+                    errors[i] = f"pose estimation failed: {type(single).__name__}: {single}"
+                    retryable[i] = True  # out of memory, a device fault: may pass on a re-run
+        with self.lock:
+            notes, self.notes = list(dict.fromkeys(self.notes)), []
         results = [r if e is None else None for r, e in zip(results, errors)]
         table = make_table(
-            [r["image_uri"] for r in rows], [r["image_id"] for r in rows],
-            [r["width"] for r in rows], [r["height"] for r in rows], persons_column(results), errors, retryable,
+            [item.image_uri for item in items], [item.image_id for item in items],
+            [item.width for item in items], [item.height for item in items], persons_column(results), errors,
+            retryable,
         )
-        given = [len(r["boxes"]) // 4 if r["boxes"] is not None and e is None else 0 for r, e in zip(rows, errors)]
+        given = [len(item.boxes) if item.boxes is not None and e is None else 0 for item, e in zip(items, errors)]
         dropped = [max(0, n - (0 if r is None else len(r["boxes"]))) for n, r in zip(given, results)]
-        notes = ([list(dict.fromkeys(self.notes))] + [[] for _ in rows[1:]]) if rows else []
-        self.notes = []
+        n = len(items)
         return (table.append_column("_dropped_boxes", pa.array(dropped, pa.int32()))
-                .append_column("_retried", pa.array([retried] + [False] * (len(rows) - 1) if rows else [], pa.bool_()))
-                .append_column("_notes", pa.array(notes, pa.list_(pa.string()))))
+                .append_column("_retried", pa.array([retried] + [False] * (n - 1) if n else [], pa.bool_()))
+                .append_column("_notes", pa.array(([notes] + [[] for _ in items[1:]]) if n else [],
+                                                  pa.list_(pa.string()))))
 
-    def estimate(self, rows: list[dict], indices: list[int], results: list[dict | None]) -> None:
+    def estimate(self, items: list[Decoded], indices: list[int], results: list[dict | None]) -> None:
         if not indices:
             return
-        reductions = [rows[i].get("reduction") or 1 for i in indices]
-        images = [pixels_of(rows[i]["pixels"], rows[i]["width"], rows[i]["height"], f)
-                  for i, f in zip(indices, reductions)]
-        given = [rows[i]["boxes"] is not None for i in indices]
-        boxes = [to_reduced(np.asarray(rows[i]["boxes"], np.float32), f) for i, f in zip(indices, reductions)] \
-            if all(given) else None
-        scores = [np.asarray(rows[i]["box_scores"], np.float32) for i in indices] if all(given) else None
-        estimated = self.estimator(images, boxes=boxes, box_scores=scores, dataset_index=self.dataset_index)
-        for i, f, result in zip(indices, reductions, estimated):
+        chosen = [items[i] for i in indices]
+        given = all(item.boxes is not None for item in chosen)
+        boxes = [to_reduced(item.boxes, item.reduction) for item in chosen] if given else None
+        scores = [item.box_scores for item in chosen] if given else None
+        estimated = self.estimator([item.image for item in chosen], boxes=boxes, box_scores=scores,
+                                   dataset_index=self.dataset_index)
+        for i, item, result in zip(indices, chosen, estimated):
+            f = item.reduction
             if f > 1:  # decoded at 1/f: keypoints and boxes back in full-image pixels
                 result["keypoints"] = to_full(result["keypoints"], f)
                 full = result["boxes"].copy()
                 full[:, :2], full[:, 2:] = to_full(full[:, :2], f), full[:, 2:] * f
                 result["boxes"] = full
             results[i] = result
+
+    def note_warning(self, message, *_args, **_kwargs) -> None:
+        """Keep a warning (or a note of ours) for the driver, which logs each distinct one once."""
+        with self.lock:
+            self.notes.append(str(message))
 
     def maybe_die(self) -> None:
         if self.kill_after is None:

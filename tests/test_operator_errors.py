@@ -21,7 +21,8 @@ import torch
 
 import vitpose_core as vc
 from jobs.cli import main as cli
-from jobs.decode import DECODED_SCHEMA, decode_image
+from jobs.decode import decode_image
+from jobs.sources import ITEM_SCHEMA
 from jobs.diagnostics import Diagnostics
 from jobs.output.parts import iter_part_tables
 from jobs.pose_worker import PoseWorker
@@ -143,20 +144,27 @@ def test_unusable_boxes_are_dropped_one_by_one(tmp_path, tiny_model):
     assert np.isfinite(result["keypoints"]).all()
 
 
-def test_worker_reports_a_retried_batch_once(tiny_model, caplog):
+def test_worker_reports_a_retried_batch_once(tiny_model, tmp_path, caplog):
     """A batch that fails whole is retried image by image; the note reaches the driver once, however many times
     the actors send it."""
     image = coco_data.load("coco-val-4")[0]
-    height, width = image.image.shape[:2]
-    good = {"image_uri": "/a.jpg", "image_id": 1, "width": width, "height": height,
-            "pixels": image.image.tobytes(), "error": None, "error_retryable": None,
-            "boxes": image.boxes[:1].reshape(-1).tolist(), "box_scores": [0.9]}
-    broken = dict(good, image_uri="/b.jpg", box_scores=[0.9, 0.8])  # one box, two scores: this image breaks
-    worker = PoseWorker(tiny_model, None, "cpu", None, False, None, None, 1)
-    out = worker(pa.Table.from_pylist([good, broken], schema=DECODED_SCHEMA))
+    gt = tmp_path / "boxes.json"
+    gt.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": image.boxes[0].tolist(), "score": 0.9}]))
+    data = image.path.read_bytes()
+    batch = pa.Table.from_pylist([{"image_uri": "/a.jpg", "image_id": 1, "data": data},
+                                  {"image_uri": "/c.jpg", "image_id": 1, "data": data}], schema=ITEM_SCHEMA)
+    worker = PoseWorker(tiny_model, None, "cpu", None, False, None, None, 1, boxes=load_boxes(str(gt)))
+    estimator = worker.estimator
+
+    def breaks_on_two(images, **kwargs):  # a fault that only a batch of two images meets
+        if len(images) > 1:
+            raise RuntimeError("device fault")
+        return estimator(images, **kwargs)
+
+    worker.estimator = breaks_on_two
+    out = worker(batch)
     rows = out.to_pylist()
-    assert rows[0]["error"] is None and len(rows[0]["persons"]) == 1
-    assert rows[1]["error"].startswith("pose estimation failed") and rows[1]["error_retryable"] is True
+    assert [r["error"] for r in rows] == [None, None] and [len(r["persons"]) for r in rows] == [1, 1]
     assert rows[0]["_retried"] and "retried image by image" in rows[0]["_notes"][0]
     diagnostics = Diagnostics()
     with caplog.at_level(logging.WARNING, logger="vitpose_batch"):

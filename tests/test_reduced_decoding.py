@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import vitpose_core as vc
-from jobs.decode import decode_batch, decode_reduced, full_size, reduction_for, to_full, to_reduced
+from jobs.decode import decode_items, decode_reduced, full_size, reduction_for, to_full, to_reduced
 from schemas.coco import load_boxes
 from tests import coco_data
 
@@ -60,14 +60,14 @@ def test_big_photo_decodes_at_a_quarter_with_the_same_crops(big_photo, tmp_path,
     crops_reduced = estimator.preprocess([reduced], [to_reduced(boxes, f)])
     assert float((crops_full - crops_reduced).abs().mean()) < 0.05  # normalised units: the same people, resampled
 
-    # through the decode stage: rows keep the full size and the boxes as given; pixels are a sixteenth
+    # through the decode stage: items keep the full size and the boxes as given; pixels are a sixteenth
     gt = tmp_path / "boxes.json"
     gt.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": b.tolist(), "score": 0.9}
                                             for b in boxes]))
-    row = decode_batch(pa.table({"image_uri": ["/photos/000000000001.jpg"], "image_id": [1], "data": [data]}),
-                       load_boxes(str(gt))).to_pylist()[0]
-    assert (row["width"], row["height"], row["reduction"]) == (width, height, 4)
-    assert len(row["pixels"]) == reduced.nbytes
+    item = decode_items(pa.table({"image_uri": ["/photos/000000000001.jpg"], "image_id": [1], "data": [data]}),
+                        load_boxes(str(gt)))[0]
+    assert (item.width, item.height, item.reduction) == (width, height, 4)
+    assert item.image.shape == reduced.shape
 
 
 def test_full_size_follows_exif_orientation(big_photo):

@@ -73,6 +73,9 @@ class PoseEstimator:
     ) -> list[dict[str, np.ndarray]]:
         """Keypoints for every person of every image; see the module docstring.
 
+        images: HxWx3 uint8 RGB numpy arrays, or torch tensors of that shape (an image decoded on the GPU is cropped
+        where it is).
+
         Boxes that cannot be cropped (under a pixel, over 8x the image, wholly outside it) are left out of the
         results.
         """
@@ -150,16 +153,30 @@ class PoseEstimator:
         parts = []
         for owner in dict.fromkeys(owners.tolist()):  # images in order of first appearance
             rows = owners == owner
+            image = images[owner]
             if self.crop_backend == "cv2":
-                warped = warp_crops_cv2(images[owner], center[rows], size[rows], self.input_hw)
+                pixels = image.cpu().numpy() if isinstance(image, torch.Tensor) else image
+                warped = warp_crops_cv2(pixels, center[rows], size[rows], self.input_hw)
                 parts.append(torch.from_numpy(warped).to(self.device).permute(0, 3, 1, 2))
             else:
                 if owner not in uploaded:
-                    uploaded[owner] = torch.tensor(images[owner], device=self.device).permute(2, 0, 1)
+                    uploaded[owner] = self.upload(image).permute(2, 0, 1)
                 parts.append(warp_crops_torch(uploaded[owner], center[rows], size[rows], self.input_hw))
         if not parts:
             return torch.zeros((0, 3, height, width), device=self.device)
         return normalize(torch.cat(parts))
+
+    def upload(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """An HxWx3 image on the estimator's device; from host memory through a pinned buffer, so the copy runs
+        beside the GPU's work instead of blocking it."""
+        if isinstance(image, torch.Tensor):
+            return image.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            pinned = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
+            pinned.numpy()[...] = image  # the one host copy, straight into page-locked memory
+            return pinned.to(self.device, non_blocking=True)
+        pixels = torch.from_numpy(image) if image.flags.writeable else torch.tensor(image)
+        return pixels.to(self.device)
 
     @torch.inference_mode()
     def heatmaps(self, pixel_values: torch.Tensor, dataset_index: int | None = None) -> torch.Tensor:
@@ -206,11 +223,14 @@ def head_keypoint_set(config, dataset_index: int | None) -> KeypointSet:
     return get_keypoint_set(KEYPOINT_SET_BY_COUNT.get(k, "coco"), num_keypoints=k)
 
 
-def check_image(image: Any, index: int) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image {index}: expected an HxWx3 uint8 RGB array, got {image.dtype} {image.shape}")
-    return np.ascontiguousarray(image)
+def check_image(image: Any, index: int) -> np.ndarray | torch.Tensor:
+    """An HxWx3 uint8 RGB numpy array, or a torch tensor of that shape and dtype on any device (an image decoded
+    on the GPU stays there)."""
+    if not isinstance(image, torch.Tensor):
+        image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, torch.uint8):
+        raise ValueError(f"image {index}: expected an HxWx3 uint8 RGB array, got {image.dtype} {tuple(image.shape)}")
+    return image if isinstance(image, torch.Tensor) else np.ascontiguousarray(image)
 
 
 MAX_BOX_TO_IMAGE = 8.0  # a "person" box larger than 8x the image's longer side is no person
