@@ -1,6 +1,7 @@
 """Person detectors on the shared COCO sets: box AP per score threshold, boxes per image, and ms per image.
 
     python benchmarks/bench_detectors.py [--thresholds 0.05,0.1,0.3] [--device cpu] [--num-threads N]
+                                         [--timing-iters 3] (0: AP only)  [--thresholds ''] (timing only)
 
 Reads ../shared (or $VITPOSE_SHARED) in place. Prints figures and asserts nothing.
 """
@@ -77,11 +78,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--rtmdet-size", type=int, default=640)
-    parser.add_argument("--timing-iters", type=int, default=2)
+    parser.add_argument("--timing-iters", type=int, default=3)
     args = parser.parse_args()
-    thresholds = [float(t) for t in args.thresholds.split(",")]
+    thresholds = [float(t) for t in args.thresholds.split(",") if t]
     sets = {name: read_set(name) for name in SETS}
-    print(f"{'detector':<14}{'thr':>6}" + "".join(f"{n + ' AP':>20}{'boxes/img':>11}" for n in sets))
+    if thresholds:
+        print(f"{'detector':<14}{'thr':>6}" + "".join(f"{n + ' AP':>20}{'boxes/img':>11}" for n in sets))
     for det_name, rel in DETECTORS.items():
         extra = {"input_size": args.rtmdet_size} if det_name.startswith("rtmdet") else {}
         for thr in thresholds:
@@ -94,22 +96,35 @@ def main() -> None:
             print(row, flush=True)
     if args.timing_iters <= 0:
         return
-    _, images = sets["coco-mini-train"]
-    batch = [image for _, image in images[:32]]
+    time_detectors(args, [image for _, image in sets["coco-mini-train"][1][:32]])
+
+
+def time_detectors(args, batch: list[np.ndarray]) -> None:
+    """ms/image of one image per session call vs batches of 8 (numpy images), and of the torch path (tensors).
+
+    The configurations take turns, one pass each per round, so that a shared machine's load hits them alike;
+    the median round (and the fastest) is printed.
+    """
+    import torch
+
+    tensors = [torch.from_numpy(image).to(args.device) for image in batch]
+    configs = []
     for det_name, rel in DETECTORS.items():
         extra = {"input_size": args.rtmdet_size} if det_name.startswith("rtmdet") else {}
-        batch_sizes = (1, 8) if det_name.startswith("rtmdet") else (None,)
-        for batch_size in batch_sizes:
-            opts = dict(extra, **({"batch_size": batch_size} if batch_size else {}))
-            detector = load_detector(SHARED / rel, device=args.device, num_threads=args.num_threads, **opts)
-            detector(batch[:2])  # warm up
+        for batch_size, images, what in [(1, batch, "numpy"), (8, batch, "numpy"), (8, tensors, "torch tensors")]:
+            detector = load_detector(SHARED / rel, device=args.device, num_threads=args.num_threads,
+                                     batch_size=batch_size, **extra)
+            label = f"batch_size={batch_size} ({detector.batch_size} per call), {what}"
+            detector(images[:2])  # warm up
+            configs.append((det_name, label, detector, images, []))
+    for _ in range(args.timing_iters):
+        for _, _, detector, images, times in configs:
             start = time.perf_counter()
-            for _ in range(args.timing_iters):
-                detector(batch)
-            ms = (time.perf_counter() - start) * 1000 / (args.timing_iters * len(batch))
-            label = f"batch_size={batch_size}" if batch_size else "batch 1 (fixed)"
-            print(f"{det_name:<14} {label:<16} {ms:8.1f} ms/image  ({detector.name}, {args.device})", flush=True)
-
+            detector(images)
+            times.append((time.perf_counter() - start) * 1000 / len(images))
+    for det_name, label, detector, _, times in configs:
+        print(f"{det_name:<14} {label:<42} {np.median(times):7.1f} ms/image (fastest {min(times):5.1f})  "
+              f"({detector.name}, {detector.device})", flush=True)
 
 if __name__ == "__main__":
     main()

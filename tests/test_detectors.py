@@ -10,6 +10,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from tests.shared_data import shared_path
 from vitpose_core.detectors import (
@@ -17,6 +18,7 @@ from vitpose_core.detectors import (
     boxes_to_image_xywh,
     decode_yolox,
     letterbox,
+    letterbox_torch,
     load_detector,
     nms,
     onnx_layout,
@@ -270,6 +272,130 @@ def test_threshold_option_and_bad_calls(val4):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# batched YOLOX, the torch (device) path, threads
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def mini_train_images(count: int) -> list[np.ndarray]:
+    return [read_rgb(path) for path in sorted(shared_path("data/coco-mini-train/images").glob("*.jpg"))[:count]]
+
+
+def assert_same_results(got, expected, exact: bool = False) -> None:
+    """Same persons per image; boxes within 1 px and scores within 1e-3 (or bit-identical)."""
+    assert len(got) == len(expected)
+    for (boxes, scores), (ref_boxes, ref_scores) in zip(got, expected):
+        assert boxes.shape == ref_boxes.shape and boxes.dtype == ref_boxes.dtype == np.float32
+        if exact:
+            np.testing.assert_array_equal(boxes, ref_boxes)
+            np.testing.assert_array_equal(scores, ref_scores)
+        else:
+            np.testing.assert_allclose(boxes, ref_boxes, atol=1.0, rtol=0)
+            np.testing.assert_allclose(scores, ref_scores, atol=1e-3, rtol=0)
+
+
+def test_letterbox_torch_gives_cv2_pixels():
+    """Upscaling, downscaling, odd sizes and a non-contiguous tensor: the numpy path's canvases, BGR, as floats."""
+    rng = np.random.default_rng(0)
+    real = read_rgb(sorted(shared_path("data/coco-val-4").glob("*.jpg"))[1])  # 333 x 500: up at 640, down at 416
+    cases = [(real, (416, 416)), (real, (640, 640)), (real, (320, 480))]
+    cases += [(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (64, 96)) for h, w in [(7, 300), (300, 7), (64, 96)]]
+    for image, size in cases:
+        canvas, scale = letterbox(image[:, :, ::-1], size)
+        chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        blob, scales = letterbox_torch([image, chw.permute(1, 2, 0)], size, torch.device("cpu"))
+        assert blob.shape == (2, 3, *size) and blob.dtype == torch.float32 and scales == [scale, scale]
+        expected = canvas.transpose(2, 0, 1).astype(np.float32)
+        for got in blob.numpy():
+            # cv2's fixed-point INTER_LINEAR is reproduced bit for bit here; allow +-1 on rare pixels should another
+            # OpenCV build round differently (a float bilinear resize is off by 1 on ~8% of them)
+            assert np.abs(got - expected).max() <= 1 and np.mean(got != expected) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def yolox_single():
+    return load_detector(shared_path("models/yolox_nano.onnx"), batch_size=1)
+
+
+def test_yolox_batched_equals_batch1_exactly(yolox, yolox_single, val4):
+    assert yolox.batch_size == 8 and yolox.session.get_inputs()[0].shape[0] == "batch"
+    assert yolox_single.batch_size == 1 and yolox_single.session.get_inputs()[0].shape == [1, 3, 416, 416]
+    pictures = [image for _, image in val4[1]] + mini_train_images(6)
+    single = yolox_single(pictures)
+    assert sum(len(scores) for _, scores in single) > 20  # not a vacuous comparison
+    assert_same_results(yolox(pictures), single, exact=True)
+    threes = load_detector(shared_path("models/yolox_nano.onnx"), batch_size=3, num_threads=1)
+    assert_same_results(threes(pictures), single, exact=True)  # chunks of 3, 3, 3, 1
+
+
+def test_torch_path_matches_numpy_path(yolox, rtmdet, val4):
+    gt, images = val4
+    pictures = [image for _, image in images]
+    tensors = [torch.from_numpy(picture) for picture in pictures]
+    for detector in (yolox, rtmdet):
+        expected = detector(pictures)  # numpy path (a CPU session)
+        on_torch = detector(tensors)
+        assert_same_results(on_torch, expected)
+        check_results(on_torch, pictures)
+        assert person_box_ap(gt, images, on_torch) == pytest.approx(person_box_ap(gt, images, expected), abs=1e-3)
+        # a mixed list runs the torch path for all of its images
+        assert_same_results(detector([pictures[0], tensors[1]]), expected[:2])
+
+
+def test_tensor_images_are_checked(yolox):
+    image = torch.zeros((40, 60, 3), dtype=torch.uint8)
+    for bad, what in [(image.float(), "uint8"), (image.permute(2, 0, 1), "HxWx3"), (image[:, :, :2], "HxWx3")]:
+        with pytest.raises(DetectorError, match=what) as info:
+            yolox([image, bad])
+        assert "\n" not in str(info.value) and "image 1" in str(info.value)
+    with pytest.raises(DetectorError, match="list of images"):
+        yolox(image)
+    with pytest.raises(DetectorError, match="empty"):
+        yolox([image[:0]])
+    [(boxes, scores)] = yolox([image])
+    assert boxes.shape == (0, 4) and scores.shape == (0,)
+
+
+def test_yolox_batch_probe_falls_back_to_batch1(yolox_single, val4, monkeypatch):
+    import vitpose_core.detectors as detectors
+
+    pictures = [image for _, image in val4[1]]
+    expected = yolox_single(pictures)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
+    no_onnx = load_detector(shared_path("models/yolox_nano.onnx"), num_threads=1)
+    monkeypatch.undo()
+
+    class RefusesBatches:  # a graph whose batch dimension cannot be freed: the probe's run fails
+        def __init__(self, session):
+            self.session = session
+
+        def get_inputs(self):
+            return self.session.get_inputs()
+
+        def run(self, *args):
+            raise RuntimeError("Reshape: cannot reshape [2,85,3549] to [1,85,3549]")
+
+    real_session = detectors.onnx_session
+
+    def batched_refuses(model, *args):  # only the session opened from the rewritten bytes is the probe's
+        session, used = real_session(model, *args)
+        return (RefusesBatches(session), used) if isinstance(model, bytes) else (session, used)
+
+    monkeypatch.setattr(detectors, "onnx_session", batched_refuses)
+    refused = load_detector(shared_path("models/yolox_nano.onnx"), num_threads=1)
+    for detector in (no_onnx, refused):
+        assert detector.batch_size == 1 and detector.session.get_inputs()[0].shape == [1, 3, 416, 416]
+        assert_same_results(detector(pictures), expected, exact=True)
+        assert_same_results(detector([torch.from_numpy(p) for p in pictures]), expected)
+
+
+def test_num_threads_reaches_every_session():
+    for ref, options in [("yolox_nano.onnx", {}), ("yolox_nano.onnx", {"batch_size": 1}),
+                         ("rtmdet_nano_person.onnx", {})]:
+        detector = load_detector(shared_path(f"models/{ref}"), num_threads=1, **options)
+        assert detector.session.get_session_options().intra_op_num_threads == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # transformers RT-DETR (random weights)
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -342,6 +468,8 @@ def test_rtdetr_random_weights_match_transformers_post_processing(rtdetr_folder,
         assert np.all(scores > threshold)
         found_any += len(boxes)
     assert found_any > 0  # the comparison is not vacuous
+    # torch tensors are accepted and give the same results (the image processor runs on host arrays)
+    assert_same_results(detector([torch.from_numpy(p) for p in pictures]), results, exact=True)
 
 
 def test_rtdetr_without_person_label_is_refused(tmp_path):
