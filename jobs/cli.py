@@ -18,8 +18,23 @@ from jobs.defaults import (
 )
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that states every option's default (unless its help already does)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        quiet = default is None or default is False or default is argparse.SUPPRESS or not action.option_strings
+        return text if quiet or "(default" in text else f"{text} (default: %(default)s)"
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse whose refusals are one line on stderr (exit 2), like every other refusal of the CLI."""
+    """argparse whose refusals are one line on stderr (exit 2), like every other refusal of the CLI, and whose help
+    shows defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -45,22 +60,35 @@ def number(kind: type, low: float | None = None, high: float | None = None, low_
     return parse
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("vitpose-batch")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 POSITIVE = number(int, 1)
 SCORE = number(float, 0.0, 1.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="vitpose-batch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vitpose-batch {version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     annotate = commands.add_parser("annotate", help="put keypoints on every image of INPUT, rows under OUTPUT")
     annotate.add_argument("input", help="folder / prefix / glob of images, .tar or Parquet shards, or a COCO JSON")
     annotate.add_argument("output", help="folder or prefix receiving Parquet part files")
     annotate.add_argument("--model", default=DEFAULT_MODEL,
-                          help="ViTPose: HF folder (or its s3:// / gs:// URI), original .pth, or hub id")
+                          help="ViTPose: HF folder (or its s3:// / gs:// URI), original .pth, or Hugging Face hub id "
+                               "(the default is a hub id: it needs the hub or a local hub cache)")
     boxes = annotate.add_mutually_exclusive_group()
     boxes.add_argument("--detector", default=DEFAULT_DETECTOR,
-                       help="person detector: YOLOX / RTMDet .onnx, transformers folder, or hub id")
+                       help="person detector: YOLOX / RTMDet .onnx, transformers folder, or Hugging Face hub id "
+                            "(the default is the seed page's RT-DETR, a hub id: it needs the hub or its cache)")
     boxes.add_argument("--boxes", help="person boxes instead of a detector: COCO annotations or detection results")
     annotate.add_argument("--image-root", help="where a COCO JSON INPUT's file_name entries live")
     annotate.add_argument("--image-column", help="Parquet shards: the column holding encoded image bytes")
@@ -77,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="model precision (default fp32)")
     annotate.add_argument("--actors", type=POSITIVE, help="pose actors at most (default: one per GPU, or CPUs allow)")
     annotate.add_argument("--cpus-per-actor", type=number(float, 0.0, low_open=True),
-                          help="CPUs each pose actor asks for")
+                          help="CPUs each pose actor asks for (default: 4 at most on GPUs, all but one on CPUs)")
     annotate.add_argument("--compile", action="store_true",
                           help="torch.compile the model in every actor: a slower start for faster batches")
     annotate.add_argument("--retry-errors", action="store_true",
@@ -97,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export-coco", help="annotate output -> COCO results or a COCO dataset")
     export.add_argument("predictions", help="annotate OUTPUT (folder / prefix) or one .parquet file")
-    export.add_argument("output_json")
+    export.add_argument("output_json", help="the JSON file to write (local or fsspec URL)")
     export.add_argument("--format", choices=["results", "dataset"], default="results",
                         help="results: [{image_id, keypoints, score}]; dataset: images + annotations + categories")
     export.add_argument("--min-person-score", type=SCORE, default=0.0, help="leave out persons scored below")
@@ -105,12 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset format: keypoints scored below are exported unlabelled (v=0)")
 
     render = commands.add_parser("render", help="draw keypoints and skeletons on a sample of annotated images")
-    render.add_argument("predictions")
-    render.add_argument("outdir")
-    render.add_argument("--sample", type=number(int, 0), default=16, help="how many images (default 16)")
-    render.add_argument("--seed", type=int, default=0)
-    render.add_argument("--min-person-score", type=SCORE, default=0.0)
-    render.add_argument("--keypoint-threshold", type=SCORE, default=0.3)
+    render.add_argument("predictions", help="annotate OUTPUT (folder / prefix) or one .parquet file")
+    render.add_argument("outdir", help="folder (local or fsspec URL) receiving one JPEG per sampled image")
+    render.add_argument("--sample", type=number(int, 0), default=16, help="how many images")
+    render.add_argument("--pick", choices=["random", "lowest", "median", "highest"], default="random",
+                        help="which images: a seeded random sample, or those whose best person scores lowest, "
+                             "nearest the median, or highest")
+    render.add_argument("--seed", type=int, default=0, help="seed of the random sample")
+    render.add_argument("--min-person-score", type=SCORE, default=0.0, help="draw only persons scored at least this")
+    render.add_argument("--keypoint-threshold", type=SCORE, default=0.3, help="draw only keypoints scored above this")
+
+    report = commands.add_parser("report", help="one self-contained HTML page about an annotate OUTPUT")
+    report.add_argument("predictions", metavar="PREDICTIONS",
+                        help="annotate OUTPUT (folder / prefix, local or fsspec URL) or one .parquet file")
+    report.add_argument("report_html", metavar="REPORT_HTML",
+                        help="the HTML file to write (local or fsspec URL); images and plots embedded")
+    report.add_argument("--ground-truth", metavar="COCO_JSON",
+                        help="COCO keypoints annotation file: adds the AP table (and the detector's box AP when a "
+                             "detector made the boxes); default: no AP table")
+    report.add_argument("--sample", type=number(int, 0), default=12, metavar="N",
+                        help="persons drawn on their images: the lowest-, median- and highest-scored (default 12)")
     return parser
 
 
@@ -119,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if threading.current_thread() is threading.main_thread():
         signals.install()
+    if args.command != "annotate":  # annotate counts its images itself
+        from jobs import progress
+
+        progress.SHOW_READS = True
     try:
         return COMMANDS[args.command](args)
     except signals.Stopped as stop:
@@ -195,13 +241,23 @@ def render_command(args: argparse.Namespace) -> int:
     from jobs.render import render
 
     written = render(args.predictions, args.outdir, sample=args.sample, seed=args.seed,
-                     min_person_score=args.min_person_score, keypoint_threshold=args.keypoint_threshold)
+                     min_person_score=args.min_person_score, keypoint_threshold=args.keypoint_threshold,
+                     pick=args.pick)
     print(f"rendered {len(written)} images into {args.outdir}")
     return 0
 
 
+def report_command(args: argparse.Namespace) -> int:
+    from jobs.report import report  # matplotlib and friends only when a report is made: --help stays instant
+
+    done = report(args.predictions, args.report_html, ground_truth=args.ground_truth, sample=args.sample)
+    print(f"report of {done['images']:,} images, {done['persons']:,} persons, {done['errors']:,} error rows "
+          f"written to {args.report_html}")
+    return 0
+
+
 COMMANDS = {"annotate": annotate_command, "evaluate": evaluate_command, "export-coco": export_command,
-            "render": render_command}
+            "render": render_command, "report": report_command}
 
 
 def entry() -> None:

@@ -1,4 +1,4 @@
-"""Look at predictions: draw a random sample of annotated images with their poses, as JPEGs.
+"""Look at predictions: draw a sample of annotated images with their poses, as JPEGs (random, or by score).
 
 The rows are streamed one part file at a time and a reservoir sample (Algorithm R, seeded) of the rows without an
 error is kept, so any number of rows costs the memory of `sample` rows. Each sampled image is read again from its
@@ -14,6 +14,7 @@ An image that cannot be read or drawn is skipped with a warning (logger `jobs.re
 
 from __future__ import annotations
 
+import heapq
 import io
 import logging
 import posixpath
@@ -25,8 +26,9 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
+from PIL import Image
 
+from jobs.decode import decode_image
 from jobs.export import check_predictions
 from jobs.output.parts import iter_part_tables
 from jobs.storage import open_filesystem
@@ -95,9 +97,9 @@ def read_image_bytes(image_uri: str) -> bytes:
 
 
 def read_image(image_uri: str) -> np.ndarray:
-    """HxWx3 uint8 RGB after EXIF orientation (the frame the predictions are in)."""
-    with Image.open(io.BytesIO(read_image_bytes(image_uri))) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    """HxWx3 uint8 RGB exactly as annotate saw it (jobs.decode: EXIF orientation, transparency composited on white,
+    16-bit grey scaled, not truncated): the frame and the pixels the predictions were made on."""
+    return decode_image(read_image_bytes(image_uri))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -121,6 +123,36 @@ def reservoir_sample(rows: Iterable[PredictionRow], sample: int, seed: int = 0) 
                 kept[j] = (seen, row)
         seen += 1
     return [row for _, row in sorted(kept, key=lambda item: item[0])]
+
+
+PICKS = ("random", "lowest", "median", "highest")
+
+
+def scored_sample(rows: Iterable[PredictionRow], sample: int, pick: str) -> list[PredictionRow]:
+    """The `sample` error-free rows with persons whose best person score is the lowest, the highest, or nearest the
+    median, ordered by that score.
+
+    Memory stays bounded: "lowest" / "highest" keep a heap of `sample` rows; "median" keeps a uniform reservoir of
+    max(1,000, 50 x sample) rows and takes the ones nearest its median (one pass: a second would double the reading
+    of a 100 M-row OUTPUT)."""
+    if pick not in PICKS[1:]:
+        raise ValueError(f"pick must be one of {', '.join(PICKS)}, got {pick!r}")
+    with_persons = (r for r in rows if r.error is None and len(r.scores))
+    if pick == "median":
+        pool = reservoir_sample(with_persons, max(1000, 50 * sample))
+        middle = float(np.median([r.scores.max() for r in pool])) if pool else 0.0
+        chosen = sorted(pool, key=lambda r: abs(float(r.scores.max()) - middle))[:sample]
+    else:
+        sign = -1.0 if pick == "lowest" else 1.0
+        heap: list[tuple[float, int, PredictionRow]] = []
+        for seen, row in enumerate(with_persons):
+            item = (sign * float(row.scores.max()), -seen, row)  # ties: the earlier row stays
+            if len(heap) < sample:
+                heapq.heappush(heap, item)
+            elif sample and item[:2] > heap[0][:2]:
+                heapq.heapreplace(heap, item)
+        chosen = [row for _, _, row in heap]
+    return sorted(chosen, key=lambda r: float(r.scores.max()))
 
 
 def draw_row(image: np.ndarray, row: PredictionRow, min_person_score: float, keypoint_threshold: float) -> np.ndarray:
@@ -151,15 +183,18 @@ def render(
     seed: int = 0,
     min_person_score: float = 0.0,
     keypoint_threshold: float = 0.3,
+    pick: str = "random",
 ) -> list[str]:
     """Draw `sample` randomly chosen error-free rows of `predictions` (an annotate OUTPUT or one .parquet file) and
     write them as `<image name>.jpg` into `outdir` (local or fsspec URL, created if missing; a repeated name gets
     `-2`, `-3`, ...). Keypoints scored > keypoint_threshold are drawn, of persons scored >= min_person_score.
-    Returns the written paths (`outdir` joined with the file names), in stream order."""
+    `pick`: "random" (a seeded uniform sample), or "lowest" / "median" / "highest" by each image's best person score
+    (`scored_sample`). Returns the written paths (`outdir` joined with the file names), in sample order."""
     if sample < 0:
         raise ValueError(f"sample must be >= 0, got {sample}")
     check_predictions(predictions)
-    chosen = reservoir_sample(iter_prediction_rows(iter_part_tables(predictions)), sample, seed)
+    rows = iter_prediction_rows(iter_part_tables(predictions))
+    chosen = reservoir_sample(rows, sample, seed) if pick == "random" else scored_sample(rows, sample, pick)
     fs, folder = open_filesystem(outdir)
     if chosen:
         fs.makedirs(folder, exist_ok=True)

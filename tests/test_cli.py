@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import vitpose_core as vc
-from jobs.cli import build_parser, main as cli
+from jobs.cli import DefaultsFormatter, build_parser, main as cli
 from jobs.demo_checkpoint import write_demo_checkpoint
 from tests import coco_data
 from tests.conftest import ensure_shared_ray
@@ -103,3 +103,30 @@ def test_parser_knows_the_interface_flags():
     assert (args.flip_test, args.dataset_index, args.batch_size) == (True, 5, 4)
     assert (args.retry_errors, args.rows_per_file, args.compile) == (True, 1000, True)
     assert parser.parse_args(["export-coco", "p", "o.json", "--format", "dataset"]).format == "dataset"
+
+
+def test_version_and_every_argument_explained():
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.startswith("vitpose-batch ") and out.stdout.split()[1][0].isdigit()
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict)).choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.dest} has no help"
+        formatter = DefaultsFormatter(name)
+        for action in sub._actions:  # every default that is a value is stated
+            if action.option_strings and action.default not in (None, False) and action.default != "==SUPPRESS==":
+                assert "(default" in formatter._get_help_string(action), f"{name} {action.dest}: default not shown"
+        assert "(default: 0.3)" in " ".join(sub.format_help().split()) or name != "render"
+    annotate = " ".join(commands["annotate"].format_help().split())
+    assert "hub" in annotate and "usyd-community/vitpose-base-simple" in annotate
+
+
+def test_help_starts_without_heavy_imports():
+    """`--help` must be instant: nothing of torch, Ray, pyarrow or the model is imported for it."""
+    code = ("import sys; from jobs.cli import main\n"
+            "try:\n    main(['annotate', '--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('torch', 'ray', 'pyarrow', 'numpy', 'vitpose_core', 'cv2') if m in sys.modules)\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-500:]

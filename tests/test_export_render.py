@@ -275,3 +275,46 @@ def test_export_and_render_on_s3(s3_env, tmp_path):
     fs.put_file(str(coco_data.annotation_file("coco-val-4")), f"{bucket}/gt.json")
     index = load_boxes(f"s3://{bucket}/gt.json")
     assert index.boxes_for(file_name="000000000785.jpg")[0].shape == (1, 4)
+
+
+def test_render_picks_by_score(tmp_path):
+    """lowest / median / highest by each image's best person score, from a stream, in score order."""
+    def row(i: int, score: float) -> dict:
+        person = {"bbox": [0.0, 0.0, 2.0, 2.0], "box_score": 1.0, "score": score, "keypoints": [1.0, 1.0, 0.9] * 17}
+        return {"image_uri": f"/nowhere/{i:04d}.jpg", "image_id": i, "width": 4, "height": 4,
+                "persons": [person, dict(person, score=score / 2)], "error": None}
+
+    scores = np.random.default_rng(0).permutation(np.linspace(0.01, 0.99, 99))
+    rows = [row(i, float(s)) for i, s in enumerate(scores)]
+    rows.append({**rows[0], "image_uri": "/nowhere/none.jpg", "persons": []})  # no person: never picked
+    predictions = write_output(tmp_path / "OUTPUT", [rows[:40], rows[40:]])
+    from jobs.output.parts import iter_part_tables
+    from jobs.render import scored_sample
+    from schemas.coco import iter_prediction_rows
+
+    def best(pick: str) -> list[float]:
+        chosen = scored_sample(iter_prediction_rows(iter_part_tables(predictions)), 3, pick)
+        return [round(float(r.scores.max()), 2) for r in chosen]
+
+    assert best("lowest") == [0.01, 0.02, 0.03]
+    assert best("highest") == [0.97, 0.98, 0.99]
+    assert best("median") == [0.49, 0.5, 0.51]
+    with pytest.raises(ValueError, match="pick must be one of"):
+        scored_sample(iter([]), 3, "worst")
+
+
+def test_render_draws_on_the_pixels_annotate_saw(tmp_path):
+    """A transparent PNG: annotate composites it on white; render draws on that, not on PIL's black RGB."""
+    from jobs.decode import decode_image
+    from jobs.render import read_image
+
+    rgba = np.zeros((64, 48, 4), np.uint8)
+    rgba[16:48, 12:36] = (200, 30, 30, 255)  # an opaque red figure on a transparent page
+    path = tmp_path / "cutout.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    seen = read_image(str(path))
+    np.testing.assert_array_equal(seen, decode_image(path.read_bytes()))
+    assert tuple(seen[0, 0]) == (255, 255, 255) and tuple(seen[30, 20]) == (200, 30, 30)
+    grey16 = tmp_path / "deep.png"
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(grey16)
+    assert read_image(str(grey16))[0, 0, 0] == 40000 * 255 // 65535  # scaled to 8 bits, not the low byte (64)

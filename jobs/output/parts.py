@@ -259,10 +259,11 @@ class PartWriter:
 
 def iter_part_tables(uri: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
     """Stream the tables of an annotate OUTPUT (or of one .parquet file), one file at a time."""
+    from jobs.progress import reading
+
     fs, path = open_filesystem(uri)
     files = [path] if path.endswith(PART_SUFFIX) and fs.isfile(path) else list_part_files(fs, path)
-    for file in files:
-        yield read_parquet(fs, file, columns)
+    yield from reading((read_parquet(fs, file, columns) for file in files), len(files))
 
 
 def part_provenances(uri: str) -> list[dict | None]:
