@@ -132,6 +132,34 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--min-keypoint-score", type=SCORE, default=0.0,
                         help="dataset format: keypoints scored below are exported unlabelled (v=0)")
 
+    export_to = commands.add_parser(
+        "export", help="annotate output -> COCO results, a COCO dataset or Label Studio tasks",
+        description="Write an annotate OUTPUT as COCO keypoint results, a COCO keypoints dataset (pseudo-labels; "
+                    "each annotation's `area` is its person box's w*h) or Label Studio import tasks (a JSON list, "
+                    "one task per image; its labeling config goes beside it as <OUTPUT stem>.label_config.xml).")
+    export_to.add_argument("predictions", help="annotate OUTPUT (folder / prefix) or one .parquet file")
+    export_to.add_argument("output", help="the JSON file to write (local or fsspec URL)")
+    export_to.add_argument("--format", required=True, choices=["coco-results", "coco-dataset", "label-studio"],
+                           help="coco-results: [{image_id, keypoints, score}] as predicted; coco-dataset: images + "
+                                "annotations (area = person box w*h) + categories; label-studio: import tasks with "
+                                "the persons as predictions, plus <OUTPUT stem>.label_config.xml")
+    export_to.add_argument("--min-person-score", type=SCORE, default=0.0, help="leave out persons scored below")
+    export_to.add_argument("--keypoint-threshold", type=SCORE, default=0.3,
+                           help="keypoints scored below are left out (label-studio) or written unlabelled as "
+                                "(0, 0, 0) (coco-dataset); coco-results keeps every keypoint with its score")
+    nms = export_to.add_mutually_exclusive_group()
+    nms.add_argument("--oks-nms", type=SCORE, default=0.9, metavar="THRESHOLD",
+                     help="coco-dataset, label-studio: per image, drop a person whose OKS (the keypoint set's "
+                          "sigmas) with a better-scored one is above THRESHOLD, as ViTPose's evaluation does")
+    nms.add_argument("--no-oks-nms", action="store_true", help="keep every person (no OKS-NMS)")
+    export_to.add_argument("--image-prefix", type=image_prefix, action="append", default=[], metavar="OLD=NEW",
+                           help="label-studio: rewrite image URIs starting with OLD to start with NEW (repeatable; "
+                                "the longest OLD wins), e.g. /data/photos/=/data/local-files/?d=photos/ or "
+                                "s3://bucket/=https://cdn.example.com/ (default: none)")
+    export_to.add_argument("--skip-errors", action="store_true",
+                           help="label-studio: leave out error rows (by default they become tasks without "
+                                "predictions whose data.error says what failed)")
+
     render = commands.add_parser("render", help="draw keypoints and skeletons on a sample of annotated images")
     render.add_argument("predictions", help="annotate OUTPUT (folder / prefix) or one .parquet file")
     render.add_argument("outdir", help="folder (local or fsspec URL) receiving one JPEG per sampled image")
@@ -237,6 +265,26 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def image_prefix(text: str) -> tuple[str, str]:
+    """argparse type of --image-prefix: OLD=NEW."""
+    from jobs.label_studio import parse_image_prefix
+
+    try:
+        return parse_image_prefix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def export_to_command(args: argparse.Namespace) -> int:
+    from jobs.export import export
+
+    stats = export(args.predictions, args.output, args.format, min_person_score=args.min_person_score,
+                   keypoint_threshold=args.keypoint_threshold, oks_nms=None if args.no_oks_nms else args.oks_nms,
+                   image_prefixes=args.image_prefix, skip_errors=args.skip_errors)
+    print(json.dumps(stats, default=str))
+    return 0
+
+
 def render_command(args: argparse.Namespace) -> int:
     from jobs.render import render
 
@@ -257,6 +305,7 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"annotate": annotate_command, "evaluate": evaluate_command, "export-coco": export_command,
+            "export": export_to_command,
             "render": render_command, "report": report_command}
 
 

@@ -8,6 +8,10 @@ Protocols:
 PREDICTIONS is an annotate OUTPUT (Parquet, local or object storage) or a COCO keypoint results JSON. Predictions for
 images the ground truth does not have are counted, reported and left out; ground-truth images without predictions
 count as misses.
+
+Sigmas (NMS and COCOeval) are those of the predictions' keypoint set: an annotate OUTPUT's parts name it
+(`vitpose.keypoint_set`); for a results JSON (or parts without it) the ground truth's keypoint names pick the set they
+equal, else the keypoint count does (17 COCO, 133 COCO-WholeBody, 16 MPII, 14 AIC).
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ from collections import defaultdict
 
 import numpy as np
 
-from jobs.export import check_predictions
+from jobs.export import check_predictions, part_metadata_of, set_for_count
 from jobs.output.parts import iter_part_tables, part_provenances
 from jobs.output.provenance import load_record
 from jobs.storage import open_filesystem, read_json
 from schemas.coco import coco_results
 from vitpose_core.crops import boxes_to_center_scale
 from vitpose_core.decoding import rescore
-from vitpose_core.keypoint_sets import get_keypoint_set
+from vitpose_core.keypoint_sets import COCO, KEYPOINT_SETS, KeypointSet, get_keypoint_set
 
 METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 BOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -147,6 +151,20 @@ def load_ground_truth(uri: str):
     return ground_truth
 
 
+def predictions_keypoint_set(predictions: str, ground_truth, results: list[dict]) -> KeypointSet:
+    """The keypoint set whose sigmas score `results` (see the module docstring); ValueError when the predictions'
+    keypoint count is not the set's."""
+    num_keypoints = len(results[0]["keypoints"]) // 3 if results else None
+    name = None if predictions.endswith(".json") else part_metadata_of(predictions).get("vitpose.keypoint_set")
+    if name is None:
+        categories = ground_truth.loadCats(ground_truth.getCatIds())
+        names = tuple(categories[0].get("keypoints") or ()) if categories else ()
+        name = next((ks.name for ks in KEYPOINT_SETS.values() if ks.keypoint_names == names), None)
+    if name is None:
+        return set_for_count(num_keypoints) if num_keypoints is not None else COCO
+    return get_keypoint_set(name, num_keypoints=num_keypoints)
+
+
 def evaluate(predictions: str, ground_truth: str, raw: bool = False) -> dict:
     """Keypoint AP / AR (and the detector's box AP when a detector made the boxes) as a dict."""
     gt = load_ground_truth(ground_truth)
@@ -154,14 +172,13 @@ def evaluate(predictions: str, ground_truth: str, raw: bool = False) -> dict:
     known = set(gt.getImgIds())
     unknown = [r for r in results if r.get("image_id") not in known]
     results = [r for r in results if r.get("image_id") in known]
-    num_keypoints = len(results[0]["keypoints"]) // 3 if results else 17
-    sigmas = np.asarray(get_keypoint_set(None if num_keypoints == 17 else "coco_wholebody"
-                                         if num_keypoints == 133 else None, num_keypoints=num_keypoints).sigmas)
+    keypoint_set = predictions_keypoint_set(predictions, gt, results)
+    sigmas = np.asarray(keypoint_set.sigmas)
     # raw: the results untouched (a bbox in them sets their area in pycocotools' loadRes). ViTPose's protocol writes
     # {image_id, category_id, keypoints, score} only, so areas come from the keypoints' extent.
     scored = results if raw else [strip(r) for r in vitpose_protocol(results, sigmas)]
     # pycocotools' own default sigmas are COCO's; pass ours only for other keypoint sets
-    stats = run_cocoeval(gt, scored, "keypoints", None if num_keypoints == 17 else sigmas)
+    stats = run_cocoeval(gt, scored, "keypoints", None if keypoint_set is COCO else sigmas)
     report = {name: float(value) for name, value in zip(METRICS, stats)}
     report.update({
         "protocol": "raw" if raw else "vitpose",

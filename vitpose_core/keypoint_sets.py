@@ -426,13 +426,14 @@ _ANIMAL_EDGES = (
     ("right_knee", "right_back_paw"),
 )
 
-# AP-10K publishes no sigmas; mmpose's table is COCO's sequence laid over the
-# animal order. It is therefore not left/right symmetric (e.g. left vs right
-# shoulder), but it is what ViTPose++ numbers are reported with, so it is kept
-# verbatim rather than "fixed".
+# AP-10K publishes no sigmas; mmpose adapts COCO's per joint type (eyes,
+# nose, neck/tail, shoulder-elbow-paw, hip-knee-paw), so mirrored joints share
+# a sigma. This is the table of mmpose since "update sigmas" (#1040, Dec 2021;
+# its first AP-10K table was COCO's sequence laid over the animal order) and of
+# ViTPose's own configs/_base_/datasets/ap10k_info.py.
 _ANIMAL_SIGMAS = (
-    0.025, 0.025, 0.026, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062,
-    0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+    0.025, 0.025, 0.026, 0.035, 0.035, 0.079, 0.072, 0.062, 0.079, 0.072,
+    0.062, 0.107, 0.087, 0.089, 0.107, 0.087, 0.089,
 )  # fmt: skip
 
 AP10K = _make("ap10k", _ANIMAL_NAMES, _ANIMAL_FLIP_PAIRS, _ANIMAL_EDGES, _ANIMAL_SIGMAS)
