@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("outdir", help="folder (local or fsspec URL) receiving one JPEG per sampled image")
     render.add_argument("--sample", type=number(int, 0), default=16, help="how many images")
     render.add_argument("--pick", choices=["random", "lowest", "median", "highest"], default="random",
-                        help="which images: a seeded random sample, or those whose best person scores lowest, "
-                             "nearest the median, or highest")
+                        help="which images: a seeded random sample, or those holding the lowest-scored persons, "
+                             "the most typical (median) ones, or the highest-scored")
     render.add_argument("--seed", type=int, default=0, help="seed of the random sample")
     render.add_argument("--min-person-score", type=SCORE, default=0.0, help="draw only persons scored at least this")
     render.add_argument("--keypoint-threshold", type=SCORE, default=0.3, help="draw only keypoints scored above this")

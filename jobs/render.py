@@ -129,30 +129,32 @@ PICKS = ("random", "lowest", "median", "highest")
 
 
 def scored_sample(rows: Iterable[PredictionRow], sample: int, pick: str) -> list[PredictionRow]:
-    """The `sample` error-free rows with persons whose best person score is the lowest, the highest, or nearest the
-    median, ordered by that score.
+    """The `sample` error-free images holding the lowest-scored persons ("lowest": by each image's lowest person
+    score), the highest-scored ("highest": by its highest) or the most typical ("median": by its median person
+    score, nearest the median over images); ordered by that score.
 
     Memory stays bounded: "lowest" / "highest" keep a heap of `sample` rows; "median" keeps a uniform reservoir of
     max(1,000, 50 x sample) rows and takes the ones nearest its median (one pass: a second would double the reading
     of a 100 M-row OUTPUT)."""
     if pick not in PICKS[1:]:
         raise ValueError(f"pick must be one of {', '.join(PICKS)}, got {pick!r}")
+    score = {"lowest": np.min, "median": np.median, "highest": np.max}[pick]
     with_persons = (r for r in rows if r.error is None and len(r.scores))
     if pick == "median":
         pool = reservoir_sample(with_persons, max(1000, 50 * sample))
-        middle = float(np.median([r.scores.max() for r in pool])) if pool else 0.0
-        chosen = sorted(pool, key=lambda r: abs(float(r.scores.max()) - middle))[:sample]
+        middle = float(np.median([score(r.scores) for r in pool])) if pool else 0.0
+        chosen = sorted(pool, key=lambda r: abs(float(score(r.scores)) - middle))[:sample]
     else:
         sign = -1.0 if pick == "lowest" else 1.0
         heap: list[tuple[float, int, PredictionRow]] = []
         for seen, row in enumerate(with_persons):
-            item = (sign * float(row.scores.max()), -seen, row)  # ties: the earlier row stays
+            item = (sign * float(score(row.scores)), -seen, row)  # ties: the earlier row stays
             if len(heap) < sample:
                 heapq.heappush(heap, item)
             elif sample and item[:2] > heap[0][:2]:
                 heapq.heapreplace(heap, item)
         chosen = [row for _, _, row in heap]
-    return sorted(chosen, key=lambda r: float(r.scores.max()))
+    return sorted(chosen, key=lambda r: float(score(r.scores)))
 
 
 def draw_row(image: np.ndarray, row: PredictionRow, min_person_score: float, keypoint_threshold: float) -> np.ndarray:
@@ -188,8 +190,8 @@ def render(
     """Draw `sample` randomly chosen error-free rows of `predictions` (an annotate OUTPUT or one .parquet file) and
     write them as `<image name>.jpg` into `outdir` (local or fsspec URL, created if missing; a repeated name gets
     `-2`, `-3`, ...). Keypoints scored > keypoint_threshold are drawn, of persons scored >= min_person_score.
-    `pick`: "random" (a seeded uniform sample), or "lowest" / "median" / "highest" by each image's best person score
-    (`scored_sample`). Returns the written paths (`outdir` joined with the file names), in sample order."""
+    `pick`: "random" (a seeded uniform sample), or "lowest" / "median" / "highest": the images holding the lowest-,
+    most typically or highest-scored persons (`scored_sample`). Returns the written paths (`outdir` joined with the file names), in sample order."""
     if sample < 0:
         raise ValueError(f"sample must be >= 0, got {sample}")
     check_predictions(predictions)

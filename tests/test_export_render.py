@@ -278,27 +278,31 @@ def test_export_and_render_on_s3(s3_env, tmp_path):
 
 
 def test_render_picks_by_score(tmp_path):
-    """lowest / median / highest by each image's best person score, from a stream, in score order."""
-    def row(i: int, score: float) -> dict:
-        person = {"bbox": [0.0, 0.0, 2.0, 2.0], "box_score": 1.0, "score": score, "keypoints": [1.0, 1.0, 0.9] * 17}
+    """lowest / median / highest: the images holding the lowest-, typical- and highest-scored persons, from a
+    stream, in score order."""
+    def row(i: int, scores: list[float]) -> dict:
+        person = {"bbox": [0.0, 0.0, 2.0, 2.0], "box_score": 1.0, "keypoints": [1.0, 1.0, 0.9] * 17}
         return {"image_uri": f"/nowhere/{i:04d}.jpg", "image_id": i, "width": 4, "height": 4,
-                "persons": [person, dict(person, score=score / 2)], "error": None}
+                "persons": [dict(person, score=s) for s in scores], "error": None}
 
-    scores = np.random.default_rng(0).permutation(np.linspace(0.01, 0.99, 99))
-    rows = [row(i, float(s)) for i, s in enumerate(scores)]
+    rng = np.random.default_rng(0)
+    scores = [rng.random(rng.integers(1, 5)).round(4).tolist() for _ in range(99)]
+    rows = [row(i, s) for i, s in enumerate(scores)]
     rows.append({**rows[0], "image_uri": "/nowhere/none.jpg", "persons": []})  # no person: never picked
     predictions = write_output(tmp_path / "OUTPUT", [rows[:40], rows[40:]])
     from jobs.output.parts import iter_part_tables
     from jobs.render import scored_sample
     from schemas.coco import iter_prediction_rows
 
-    def best(pick: str) -> list[float]:
-        chosen = scored_sample(iter_prediction_rows(iter_part_tables(predictions)), 3, pick)
-        return [round(float(r.scores.max()), 2) for r in chosen]
+    def picked(pick: str) -> list[int]:
+        return [r.image_id for r in scored_sample(iter_prediction_rows(iter_part_tables(predictions)), 3, pick)]
 
-    assert best("lowest") == [0.01, 0.02, 0.03]
-    assert best("highest") == [0.97, 0.98, 0.99]
-    assert best("median") == [0.49, 0.5, 0.51]
+    lowest, highest = np.array([min(s) for s in scores]), np.array([max(s) for s in scores])
+    typical = np.array([np.median(s) for s in scores])
+    assert picked("lowest") == np.argsort(lowest, kind="stable")[:3].tolist()
+    assert picked("highest") == np.argsort(highest, kind="stable")[-3:].tolist()
+    nearest = np.argsort(np.abs(typical - np.median(typical)), kind="stable")[:3]
+    assert picked("median") == sorted(nearest.tolist(), key=lambda i: typical[i])
     with pytest.raises(ValueError, match="pick must be one of"):
         scored_sample(iter([]), 3, "worst")
 
