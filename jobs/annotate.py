@@ -9,11 +9,14 @@ other settings is refused), then crash recovery and the resume scan. `jobs.outpu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import socket
+import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -418,6 +421,34 @@ def quiet_ray() -> None:
             logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.WARNING)
 
 
+# What Ray's native core worker prints at start whatever its log level (it announces that level at INFO).
+NATIVE_NOISE = re.compile(r"logging\.cc:\d+: Set ray log level from environment variable")
+
+
+@contextlib.contextmanager
+def native_noise_dropped():
+    """Around ray.init: the driver's native stderr (fd 2) goes through a file, and every line but NATIVE_NOISE comes
+    back to the terminal afterwards, so a real native error still shows."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no fd 2 to redirect (an embedded interpreter): leave it alone
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines()
+                    if not NATIVE_NOISE.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
 def worker_env(environ: dict[str, str]) -> dict[str, str]:
     """The part of `environ` a cluster's workers get through runtime_env: endpoints and options, never secrets."""
     return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and not SECRET_NAME.search(k)}
@@ -432,12 +463,13 @@ def connect(address: str | None) -> None:
         return
     quiet_ray()
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        env = worker_env(dict(os.environ))
-        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=False)
-    else:
-        # In-process Ray: its workers inherit this process's environment, nothing to forward. Loopback only.
-        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    with native_noise_dropped():
+        if address:
+            env = worker_env(dict(os.environ))
+            ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=False)
+        else:
+            # In-process Ray: its workers inherit this process's environment, nothing to forward. Loopback only.
+            ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     quiet_ray()  # again: ray.init configures loggers of its own
     signals.reinstall()
 
