@@ -44,7 +44,7 @@ FORWARDED_ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST", "FSSPEC_",
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|SESSION|AUTH", re.IGNORECASE)
 # How heatmaps become keypoints; part of every OUTPUT's provenance (PoseEstimator's defaults).
 DECODE_SETTINGS = {"crop": "udp", "padding": 1.25, "refine": "dark", "blur": "original",
-                   "blur_border": "reflect101", "jpeg_reduction": "crop-bound, photos of 4 MP and more"}
+                   "blur_border": "reflect101", "jpeg_reduction": "crop- and detector-bound (longer side >= 960 px), photos of 4 MP and more"}
 RUNS = "_runs"
 
 

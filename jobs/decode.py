@@ -74,13 +74,13 @@ REDUCTIONS = (8, 4, 2)  # what a JPEG decoder can skip for free (DCT scaling)
 MIN_PIXELS_TO_REDUCE = 4_000_000
 
 
-def reduction_for(boxes: np.ndarray | None) -> int:
+def reduction_for(boxes: np.ndarray | None) -> int | None:
     """The JPEG reduction (1, 2, 4 or 8) that still leaves every crop at least one source pixel per crop pixel.
 
-    1 when the boxes are unknown (a detector will look at the whole image); 8 for an image without boxes (only its
-    size is needed)."""
+    None when the boxes are unknown: a detector looks first, at what `detector_reduction` leaves it; 8 for an image
+    without boxes (only its size is needed)."""
     if boxes is None:
-        return 1
+        return None
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     if not len(boxes):
         return REDUCTIONS[0]
@@ -89,12 +89,20 @@ def reduction_for(boxes: np.ndarray | None) -> int:
     return next((f for f in REDUCTIONS if ratio >= f), 1)
 
 
-def decode_reduced(data: bytes, reduction: int) -> tuple[np.ndarray, int]:
+DETECTOR_MIN_SIDE = 960  # a detector sees the image letterboxed to 416-640 px: 1.5x that is plenty for it
+
+
+def detector_reduction(width: int, height: int) -> int:
+    """The largest JPEG reduction leaving the image's longer side at least DETECTOR_MIN_SIDE pixels (1 if none)."""
+    return next((f for f in REDUCTIONS if max(width, height) / f >= DETECTOR_MIN_SIDE), 1)
+
+
+def decode_reduced(data: bytes, reduction: int | None) -> tuple[np.ndarray, int]:
     """Encoded image -> (HxWx3 uint8 RGB, the reduction applied), EXIF orientation applied.
 
     A JPEG of MIN_PIXELS_TO_REDUCE pixels or more is decoded at 1/`reduction` of its size where the decoder can (DCT
-    scaling: reduced pixel i covers full pixels [i*f, (i+1)*f)); others are decoded whole (reduction 1). Raises
-    ImageError naming the problem."""
+    scaling: reduced pixel i covers full pixels [i*f, (i+1)*f)); None: as far as `detector_reduction` allows.
+    Others are decoded whole (reduction 1). Raises ImageError naming the problem."""
     if not data:
         raise ImageError("empty file")
     try:
@@ -103,6 +111,8 @@ def decode_reduced(data: bytes, reduction: int) -> tuple[np.ndarray, int]:
             with Image.open(io.BytesIO(data)) as image:
                 applied = 1
                 large = image.size[0] * image.size[1] >= MIN_PIXELS_TO_REDUCE
+                if reduction is None:
+                    reduction = detector_reduction(*image.size)
                 if reduction > 1 and large and image.format == "JPEG":
                     width = image.size[0]
                     image.draft(image.mode, (-(-image.size[0] // reduction), -(-image.size[1] // reduction)))
@@ -139,6 +149,19 @@ def to_full(points: np.ndarray, reduction: int) -> np.ndarray:
     return np.asarray(points, np.float32) * reduction + (reduction - 1) / 2
 
 
+def boxes_to_full(boxes: np.ndarray, reduction: int) -> np.ndarray:
+    """COCO xywh boxes in the pixels of an image decoded at 1/reduction -> full-image pixels (`to_reduced`'s
+    inverse)."""
+    full = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    full[:, :2], full[:, 2:] = to_full(full[:, :2], reduction), full[:, 2:] * reduction
+    return full
+
+
+def redecode(item: Decoded, reduction: int) -> None:
+    """Decode `item` again from its kept bytes at a smaller reduction (its small persons need more pixels)."""
+    item.image, item.reduction = decode_reduced(item.data, reduction)
+
+
 def to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: keep the range, not the low byte
         grey = np.asarray(image, dtype=np.float64)
@@ -166,6 +189,7 @@ class Decoded:
     retryable: bool | None = None
     boxes: np.ndarray | None = None  # (n, 4) xywh from --boxes, full-image pixels; None: run the detector
     box_scores: np.ndarray | None = None
+    data: bytes | None = None  # kept when decoded reduced for a detector: small persons need a second decode
 
 
 def read_batch(batch: pa.Table) -> pa.Table:
@@ -188,8 +212,9 @@ def read_batch(batch: pa.Table) -> pa.Table:
 def decode_items(batch: pa.Table, boxes=None, pool: Executor | None = None, jpeg=None) -> list[Decoded]:
     """ITEM or ENCODED rows -> one `Decoded` per row, in order. `boxes`: a schemas.coco.BoxIndex or None.
 
-    Files are read where their bytes are not in the row. With boxes known, a large JPEG is decoded no larger than its
-    crops need (`reduction_for`); width and height stay the full image's. `pool` decodes images in parallel (PIL
+    Files are read where their bytes are not in the row. A large JPEG is decoded no larger than its crops need
+    (`reduction_for`) or, before a detector, than the detector needs (`detector_reduction`; the pose stage decodes
+    again what its small persons need); width and height stay the full image's. `pool` decodes images in parallel (PIL
     releases the GIL). `jpeg` (a jobs.device_decode.DeviceJpeg) decodes the JPEGs it accepts straight into device
     memory, in one call for the batch; every other image, and any it fails on, takes the CPU path, whose
     messages name the problem.
@@ -230,6 +255,8 @@ def decode_one(item: Decoded, data: bytes | None) -> Decoded:
         item.height, item.width = item.image.shape[:2]
         if item.reduction > 1:
             item.width, item.height = full_size(data)
+            if item.boxes is None:
+                item.data = data
     except ImageError as exc:
         item.image, item.error, item.retryable = None, str(exc), exc.retryable
     return item

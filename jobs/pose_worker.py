@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
-from jobs.decode import Decoded, decode_items, to_full, to_reduced
+from jobs.decode import Decoded, boxes_to_full, decode_items, redecode, reduction_for, to_full, to_reduced
 from schemas.predictions import make_table, persons_column
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ class PoseWorker:
             [item.width for item in items], [item.height for item in items], persons_column(results), errors,
             retryable,
         )
-        given = [len(item.boxes) if item.boxes is not None and e is None else 0 for item, e in zip(items, errors)]
+        from_file = self.boxes is not None  # a detector's own boxes are not "given": none is reported dropped
+        given = [len(item.boxes) if from_file and e is None else 0 for item, e in zip(items, errors)]
         dropped = [max(0, n - (0 if r is None else len(r["boxes"]))) for n, r in zip(given, results)]
         n = len(items)
         return (table.append_column("_dropped_boxes", pa.array(dropped, pa.int32()))
@@ -103,19 +104,30 @@ class PoseWorker:
         if not indices:
             return
         chosen = [items[i] for i in indices]
+        if any(item.boxes is None for item in chosen):
+            self.detect_reduced(chosen)
         given = all(item.boxes is not None for item in chosen)
         boxes = [to_reduced(item.boxes, item.reduction) for item in chosen] if given else None
         scores = [item.box_scores for item in chosen] if given else None
         estimated = self.estimator([item.image for item in chosen], boxes=boxes, box_scores=scores,
                                    dataset_index=self.dataset_index)
         for i, item, result in zip(indices, chosen, estimated):
-            f = item.reduction
-            if f > 1:  # decoded at 1/f: keypoints and boxes back in full-image pixels
-                result["keypoints"] = to_full(result["keypoints"], f)
-                full = result["boxes"].copy()
-                full[:, :2], full[:, 2:] = to_full(full[:, :2], f), full[:, 2:] * f
-                result["boxes"] = full
+            if item.reduction > 1:  # decoded at 1/f: keypoints and boxes back in full-image pixels
+                result["keypoints"] = to_full(result["keypoints"], item.reduction)
+                result["boxes"] = boxes_to_full(result["boxes"], item.reduction)
             results[i] = result
+
+    def detect_reduced(self, chosen: list[Decoded]) -> None:
+        """Detector runs where some photo was decoded reduced: detect on what was decoded, and where a person is too
+        small for those pixels, decode that photo again as large as its crops need. The boxes (full-image pixels)
+        land in the items, so the estimator crops without detecting again."""
+        if all(item.reduction == 1 for item in chosen):
+            return  # nothing reduced: the estimator detects as it always does
+        for item, (found, scores) in zip(chosen, self.estimator.detector([item.image for item in chosen])):
+            item.boxes, item.box_scores = boxes_to_full(found, item.reduction), scores
+            needed = reduction_for(item.boxes)
+            if item.reduction > needed:
+                redecode(item, needed)
 
     def note_warning(self, message, *_args, **_kwargs) -> None:
         """Keep a warning (or a note of ours) for the driver, which logs each distinct one once."""

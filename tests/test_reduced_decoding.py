@@ -11,9 +11,18 @@ import pytest
 from PIL import Image
 
 import vitpose_core as vc
-from jobs.decode import decode_items, decode_reduced, full_size, reduction_for, to_full, to_reduced
+import jobs.decode
+from jobs.decode import (decode_image, decode_items, decode_reduced, detector_reduction, full_size, reduction_for,
+                         to_full, to_reduced)
+from jobs.pose_worker import PoseWorker
+from jobs.sources import ITEM_SCHEMA
+from schemas.predictions import person_arrays
+from tests.shared_data import shared_path
 from schemas.coco import load_boxes
 from tests import coco_data
+
+
+SHARED_MODELS = shared_path("models")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +41,6 @@ def test_small_images_are_decoded_whole():
 
 
 def test_reduction_leaves_every_crop_a_source_pixel_per_crop_pixel():
-    assert reduction_for(None) == 1  # a detector looks at the whole image
     assert reduction_for(np.zeros((0, 4))) == 8  # nothing to crop: only the size is needed
     assert reduction_for([[0, 0, 100, 204.8]]) == 1  # padded region 256 rows: exactly one per crop row
     assert reduction_for([[0, 0, 100, 409.6], [0, 0, 100, 2000]]) == 2  # the smallest person decides
@@ -81,3 +89,58 @@ def test_full_size_follows_exif_orientation(big_photo):
     pixels, f = decode_reduced(rotated.getvalue(), 2)
     assert f == 2 and pixels.shape == (-(-width // 2), -(-height // 2), 3)
 
+
+
+def test_detector_runs_decode_what_the_detector_needs():
+    assert reduction_for(None) is None  # a detector looks first
+    assert detector_reduction(4032, 3024) == 4  # a 12 MP phone photo: 1008 px for a 640 px detector
+    assert detector_reduction(2560, 1700) == 2 and detector_reduction(1000, 800) == 1
+
+
+def test_detector_run_on_a_big_photo_matches_full_decoding(big_photo, tiny_vitpose):
+    """YOLOX on the photo decoded at 1/2 finds the persons it finds at full size; small persons get a second,
+    larger decode; rows are in full-image pixels."""
+    data, _, (width, height) = big_photo
+    detector = SHARED_MODELS / "yolox_nano.onnx"
+    worker = PoseWorker(tiny_vitpose, str(detector), "cpu", None, False, None, None, 2)
+    decodes = []
+    original = jobs.decode.decode_reduced
+
+    def counting(raw, reduction):
+        decodes.append(reduction)
+        return original(raw, reduction)
+
+    jobs.decode.decode_reduced = counting
+    try:
+        row = worker(pa.Table.from_pylist([{"image_uri": "/photos/big.jpg", "image_id": None, "data": data}],
+                                          schema=ITEM_SCHEMA)).to_pylist()[0]
+    finally:
+        jobs.decode.decode_reduced = original
+    full = decode_image(data)
+    expected, _ = vc.load_detector(str(detector))([full])[0]
+    got = person_arrays(row["persons"])["boxes"]
+    assert (row["width"], row["height"]) == (width, height) and row["error"] is None
+    assert decodes[0] is None and len(expected) and abs(len(got) - len(expected)) <= 1
+    for box in expected:  # every person found at full size is found on the reduced decode, in full-image pixels
+        assert max(iou(box, other) for other in got) > 0.8
+
+
+def test_small_persons_get_a_second_decode(big_photo, tiny_vitpose):
+    data, _, _ = big_photo
+    worker = PoseWorker(tiny_vitpose, None, "cpu", None, False, None, None, 1)
+    items = decode_items(pa.Table.from_pylist([{"image_uri": "/a.jpg", "image_id": None, "data": data}] * 2,
+                                              schema=ITEM_SCHEMA))
+    assert [i.reduction for i in items] == [2, 2] and items[0].data is not None
+    sizes = iter([np.array([[100, 100, 600, 1200]], np.float32), np.array([[100, 100, 30, 60]], np.float32)])
+    # a detector whose boxes (in the reduced pixels it is shown) are a tall person and a small one
+    worker.estimator.detector = lambda images: [(next(sizes), np.ones(1, np.float32)) for _ in images]
+    worker.detect_reduced(items)
+    assert items[0].reduction == 2 and items[1].reduction == 1  # the small one is decoded again, whole
+    np.testing.assert_allclose(items[0].boxes, [[100 * 2 + 0.5, 100 * 2 + 0.5, 1200, 2400]])
+    assert items[1].image.shape == decode_image(data).shape
+
+
+def iou(a, b) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    inter = max(0.0, min(ax2, bx2) - max(a[0], b[0])) * max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
