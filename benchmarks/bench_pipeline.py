@@ -2,7 +2,7 @@
 
 Same real images (../shared/data/coco-mini-train), same ground-truth person boxes, same random ViTPose weights.
 The seed pipeline runs as its page shows it, one image at a time: VitPoseImageProcessor -> VitPoseForPoseEstimation
--> post_process_pose_estimation. Prints crops/s of each and the ratio; asserts nothing.
+-> post_process_pose_estimation. Prints crops/s of each (medians of `--rounds` alternating rounds) and the ratio; asserts nothing.
 
     python benchmarks/bench_pipeline.py                       # ViTPose-S and -B on CPU, fp32
     python benchmarks/bench_pipeline.py --device cuda --dtype bf16 --sizes B --images 80
@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--batch-size", type=int, default=None, help="PoseEstimator crops per forward")
     parser.add_argument("--flip-test", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed rounds, seed and ours alternating (a shared machine's load hits both alike); "
+                             "the medians are printed")
     args = parser.parse_args()
     from transformers import VitPoseImageProcessor
 
@@ -92,8 +95,11 @@ def main() -> None:
         estimator = vc.PoseEstimator(model, device=args.device, batch_size=args.batch_size, flip_test=args.flip_test)
         estimator(images[:1], boxes[:1])  # warm-up both
         seed_pipeline(processor, hf, images[:1], boxes[:1], args.device, dtype)
-        seed_s = timed(lambda: seed_pipeline(processor, hf, images, boxes, args.device, dtype))
-        ours_s = timed(lambda: estimator(images, boxes))
+        seed_times, ours_times = [], []
+        for _ in range(args.rounds):
+            seed_times.append(timed(lambda: seed_pipeline(processor, hf, images, boxes, args.device, dtype)))
+            ours_times.append(timed(lambda: estimator(images, boxes)))
+        seed_s, ours_s = float(np.median(seed_times)), float(np.median(ours_times))
         print(f"ViTPose-{size:<3}{crops / seed_s:>14.2f}{crops / ours_s:>14.2f}{seed_s / ours_s:>7.2f}x", flush=True)
 
 
