@@ -45,7 +45,7 @@ SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|SESSION|A
 # How heatmaps become keypoints; part of every OUTPUT's provenance (PoseEstimator's defaults).
 DECODE_SETTINGS = {"crop": "udp", "padding": 1.25, "refine": "dark", "blur": "original",
                    "blur_border": "reflect101", "jpeg_reduction": "crop- and detector-bound (longer side >= 960 px), photos of 4 MP and more"}
-RUNS = "_runs"
+RUNS = provenance.RUNS
 
 
 @dataclass
@@ -378,16 +378,8 @@ def _keys(redo: dict[bytes, tuple[str, str]]):
 def mark_dead_runs(output: str) -> None:
     """Runs recorded as running while we hold the lease died without a word (SIGKILL, lost node): say so."""
     fs, folder = open_filesystem(output)
-    try:
-        records = [p for p in fs.ls(f"{folder}/{RUNS}", detail=False) if p.endswith(".json")]
-    except FileNotFoundError:
-        return
-    for path in records:
-        try:
-            record = json.loads(fs.cat_file(path))
-        except (ValueError, OSError):
-            continue
-        if record.get("status") == "running":
+    for path, record in provenance.read_run_records(fs, folder):
+        if record is not None and record.get("status") == "running":
             record.update(status="killed", ended=None)
             fs.pipe_file(path, json.dumps(record, indent=2).encode())
 

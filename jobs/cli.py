@@ -15,6 +15,8 @@ from jobs.defaults import (
     DEFAULT_DETECTOR,
     DEFAULT_MODEL,
     DEFAULT_ROWS_PER_FILE,
+    KEYPOINT_THRESHOLD,
+    OKS_THRESHOLD,
 )
 
 
@@ -144,11 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "annotations (area = person box w*h) + categories; label-studio: import tasks with "
                                 "the persons as predictions, plus <OUTPUT stem>.label_config.xml")
     export_to.add_argument("--min-person-score", type=SCORE, default=0.0, help="leave out persons scored below")
-    export_to.add_argument("--keypoint-threshold", type=SCORE, default=0.3,
+    export_to.add_argument("--keypoint-threshold", type=SCORE, default=KEYPOINT_THRESHOLD,
                            help="keypoints scored below are left out (label-studio) or written unlabelled as "
                                 "(0, 0, 0) (coco-dataset); coco-results keeps every keypoint with its score")
     nms = export_to.add_mutually_exclusive_group()
-    nms.add_argument("--oks-nms", type=SCORE, default=0.9, metavar="THRESHOLD",
+    nms.add_argument("--oks-nms", type=SCORE, default=OKS_THRESHOLD, metavar="THRESHOLD",
                      help="coco-dataset, label-studio: per image, drop a person whose OKS (the keypoint set's "
                           "sigmas) with a better-scored one is above THRESHOLD, as ViTPose's evaluation does")
     nms.add_argument("--no-oks-nms", action="store_true", help="keep every person (no OKS-NMS)")
@@ -169,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "the most typical (median) ones, or the highest-scored")
     render.add_argument("--seed", type=int, default=0, help="seed of the random sample")
     render.add_argument("--min-person-score", type=SCORE, default=0.0, help="draw only persons scored at least this")
-    render.add_argument("--keypoint-threshold", type=SCORE, default=0.3, help="draw only keypoints scored above this")
+    render.add_argument("--keypoint-threshold", type=SCORE, default=KEYPOINT_THRESHOLD, help="draw only keypoints scored above this")
 
     report = commands.add_parser("report", help="one self-contained HTML page about an annotate OUTPUT")
     report.add_argument("predictions", metavar="PREDICTIONS",

@@ -6,3 +6,5 @@ DEFAULT_ROWS_PER_FILE = 50_000
 DEFAULT_BYTES_PER_FILE = 128 << 20
 DEFAULT_COMMIT_INTERVAL_S = 30.0
 DEFAULT_BATCH_SIZE = 16
+KEYPOINT_THRESHOLD = 0.3  # keypoints drawn, reviewed and labelled above this score (ViTPose's drawing threshold)
+OKS_THRESHOLD = 0.9  # ViTPose's OKS-NMS: a pose this similar to a better-scored one is the same person

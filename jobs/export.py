@@ -7,7 +7,7 @@ in the destination folder and renamed at the end, so a reader never sees half a 
 upload that only becomes visible when it completes.
 
 Pseudo-labels (`coco-dataset`, `label-studio`) are OKS-NMS'd per image first, as ViTPose's evaluation does
-(`jobs.evaluate.oks_nms`: best person score first, OKS with the sigmas of the OUTPUT's keypoint set and the padded
+(`jobs.oks.oks_nms`: best person score first, OKS with the sigmas of the OUTPUT's keypoint set and the padded
 person box areas, threshold 0.9 by default), so a person found twice becomes one label to review. `coco-results`
 stays as predicted: it is what `evaluate` reads, and evaluate applies that NMS itself.
 """
@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.label_studio import KEYPOINT_THRESHOLD, label_config, label_studio_tasks
-from jobs.output.parts import PART_SUFFIX, iter_part_tables, list_part_files
+from jobs.output.parts import PART_SUFFIX, iter_part_tables, list_part_files, predictions_files
+from jobs.oks import OKS_THRESHOLD, oks_nms, padded_box_areas
 from jobs.output.provenance import load_record
 from jobs.storage import is_local, open_filesystem
 from schemas.coco import ExportStats, coco_results, iter_prediction_rows, write_coco_dataset, write_json_stream
@@ -36,7 +37,6 @@ from vitpose_core.keypoint_sets import AIC, COCO, COCO_WHOLEBODY, MPII, Keypoint
 
 FORMATS = ("results", "dataset")
 EXPORT_FORMATS = ("coco-results", "coco-dataset", "label-studio")
-OKS_NMS_THRESHOLD = 0.9
 # Parts written before they carried their keypoint set: the set is inferred from the keypoint count (17 reads as
 # COCO: an AP-10K / APT-36K OUTPUT that old cannot be told from it).
 SETS_BY_COUNT = {ks.num_keypoints: ks for ks in (COCO, COCO_WHOLEBODY, MPII, AIC)}
@@ -99,8 +99,7 @@ def check_predictions(predictions: str) -> None:
 
 def part_metadata_of(predictions: str) -> dict[str, str]:
     """The `vitpose.*` Parquet schema metadata of the first part file of `predictions` ({} when it has none)."""
-    fs, path = open_filesystem(predictions)
-    files = [path] if path.endswith(PART_SUFFIX) and fs.isfile(path) else list_part_files(fs, path)
+    fs, _, files = predictions_files(predictions)
     if not files:
         return {}
     with fs.open(files[0], "rb") as handle:
@@ -157,8 +156,6 @@ def kept_persons(keypoints: Sequence[np.ndarray], scores: np.ndarray, boxes: np.
     keep = np.ones(len(scores), bool)
     if len(scores) < 2:
         return keep
-    from jobs.evaluate import oks_nms, padded_box_areas  # not at the top: jobs.evaluate imports this module
-
     poses = np.stack(keypoints).astype(np.float64)  # (n, K, 3); K was checked against the set by the caller
     kept = oks_nms(poses, np.asarray(scores, np.float64), padded_box_areas(np.asarray(boxes, np.float32)),
                    sigmas, threshold)
@@ -257,7 +254,7 @@ def export(
     fmt: str,
     min_person_score: float = 0.0,
     keypoint_threshold: float = KEYPOINT_THRESHOLD,
-    oks_nms: float | None = OKS_NMS_THRESHOLD,
+    oks_nms: float | None = OKS_THRESHOLD,
     image_prefixes: Sequence[tuple[str, str]] = (),
     skip_errors: bool = False,
 ) -> dict[str, Any]:

@@ -34,9 +34,9 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from xml.sax.saxutils import quoteattr
 
+from jobs.defaults import KEYPOINT_THRESHOLD
 from schemas.coco import PredictionRow
 
-KEYPOINT_THRESHOLD = 0.3
 IMAGE, PERSON, KEYPOINTS = "image", "person", "keypoints"  # the config's object and control names
 POINT_SIZE_PX = 3  # drawn size of a keypoint (Label Studio's `width` of a point, in % of the image width)
 DECIMALS = 5  # of a percentage: 1/1000 pixel up to 20,000-pixel images

@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from jobs.decode import decode_image
+from jobs.decode import decode_image, read_bytes
+from jobs.defaults import KEYPOINT_THRESHOLD
 from jobs.export import check_predictions
 from jobs.output.parts import iter_part_tables
 from jobs.storage import open_filesystem
@@ -92,8 +93,7 @@ def read_image_bytes(image_uri: str) -> bytes:
         return _tar_member_bytes(base, member)
     if kind == "parquet":
         return _parquet_row_bytes(base, member)
-    with fsspec.open(base, "rb") as handle:
-        return handle.read()
+    return read_bytes(base)  # annotate's reader, with its retries
 
 
 def read_image(image_uri: str) -> np.ndarray:
@@ -184,7 +184,7 @@ def render(
     sample: int = 16,
     seed: int = 0,
     min_person_score: float = 0.0,
-    keypoint_threshold: float = 0.3,
+    keypoint_threshold: float = KEYPOINT_THRESHOLD,
     pick: str = "random",
 ) -> list[str]:
     """Draw `sample` randomly chosen error-free rows of `predictions` (an annotate OUTPUT or one .parquet file) and

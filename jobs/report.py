@@ -22,10 +22,10 @@ How memory stays bounded whatever the number of rows (a 100 M-row OUTPUT is neve
 * the AP table is `jobs.evaluate.evaluate`, which holds every prediction as COCO results, as `evaluate` does: it is
   computed only with `--ground-truth`.
 
-Overlays decode each image exactly as annotate does (`jobs.decode.read_bytes` / `decode_image`: EXIF orientation,
-16-bit and alpha handling; at full size, the frame the rows' coordinates are in even where annotate decoded a large
-JPEG reduced), so a keypoint lands where the model put it; an image that cannot be read any more is shown as a
-caption with the reason, never a crash.
+Overlays decode each image exactly as annotate does (`jobs.render.read_image`: annotate's reader and `decode_image`,
+EXIF orientation, 16-bit and alpha handling; at full size, the frame the rows' coordinates are in even where annotate
+decoded a large JPEG reduced), so a keypoint lands where the model put it; an image that cannot be read any more is
+shown as a caption with the reason, never a crash.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.output.parts import PART_SUFFIX, list_part_files, read_parquet
-from jobs.storage import is_local, open_filesystem
+from jobs.defaults import KEYPOINT_THRESHOLD  # keypoints drawn on overlays: as `render` draws them
+from jobs.output.parts import predictions_files, read_parquet
 
 log = logging.getLogger("vitpose_batch")
 
@@ -59,11 +59,9 @@ MAX_ERROR_KINDS = 50
 ERROR_EXAMPLES = 3
 RESERVOIR = 4096
 LOW_THRESHOLDS = (0.3, 0.5, 0.7)
-KEYPOINT_THRESHOLD = 0.3  # keypoints drawn on overlays: as `render` draws them
 MAX_RUNS_SHOWN = 50  # the run table shows the latest; totals cover them all
 OVERLAY_SIZE = 240  # longest side of an overlay, pixels (small persons are scaled up)
 CROP_PADDING = 0.25  # context around the person box on each side, as a share of the box
-RUNS = "_runs"
 
 # one picked person: its score, where it is (part index, person index within the part's flattened persons) and
 # the key it is kept by (a random key for the uniform sample)
@@ -269,14 +267,6 @@ class SamplePicker:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def part_files(predictions: str) -> tuple[object, str | None, list[str]]:
-    """(filesystem, OUTPUT folder or None for a single file, live part files), as `iter_part_tables` lists them."""
-    fs, path = open_filesystem(predictions)
-    if path.endswith(PART_SUFFIX) and fs.isfile(path):
-        return fs, None, [path]
-    return fs, path, list_part_files(fs, path)
-
-
 def collect(fs, files: Sequence[str], picker: SamplePicker) -> Stats:
     """Stream the parts once, one at a time and only COLUMNS, into Stats and the picker."""
     from jobs.progress import reading
@@ -344,19 +334,6 @@ def read_samples(fs, files: Sequence[str], chosen: list[tuple[str, np.void]]) ->
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def image_bytes(image_uri: str) -> bytes:
-    """The encoded bytes annotate read for `image_uri`: its own reader for plain files (with its retries), the
-    shard reader for `<shard>.tar#member` / `<shard>.parquet#row` (annotate got those bytes from the shard)."""
-    from jobs.decode import read_bytes
-    from schemas.coco import split_image_uri
-
-    if split_image_uri(image_uri)[2] is None:
-        return read_bytes(image_uri)
-    from jobs.render import read_image_bytes
-
-    return read_image_bytes(image_uri)
-
-
 def crop_box(bbox: np.ndarray, width: int, height: int, padding: float = CROP_PADDING) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) of the person box grown by `padding` of its size on each side, within the image; the whole
     image when the box is degenerate."""
@@ -408,10 +385,10 @@ class Overlay:
 
 def make_overlay(sample: Sample, keypoint_set: str | None) -> Overlay:
     """Read and decode the sample's image as annotate did, draw its person, crop; a failure becomes the caption."""
-    from jobs.decode import decode_image
+    from jobs.render import read_image
 
     try:
-        image = decode_image(image_bytes(sample.image_uri))
+        image = read_image(sample.image_uri)
         problem = None
         if (sample.width, sample.height) not in ((0, 0), (image.shape[1], image.shape[0])):
             problem = (f"image is now {image.shape[1]}x{image.shape[0]}, the row says {sample.width}x{sample.height}: "
@@ -497,20 +474,15 @@ def plot_keypoint_scores(counts: np.ndarray, names: Sequence[str]) -> str:
 
 def load_runs(fs, folder: str | None) -> list[dict]:
     """Every readable `_runs/<run>.json`, oldest first."""
+    from jobs.output.provenance import read_run_records
+
     if folder is None:
         return []
-    try:
-        paths = [p for p in fs.ls(f"{folder}/{RUNS}", detail=False) if p.endswith(".json")]
-    except FileNotFoundError:
-        return []
     runs = []
-    for path in paths:
-        try:
-            record = json.loads(fs.cat_file(path))
-        except (ValueError, OSError):
+    for path, record in read_run_records(fs, folder):
+        if record is None:
             log.warning("report: run record %s is unreadable; left out", path)
-            continue
-        if isinstance(record, dict):
+        else:
             runs.append(record)
     return sorted(runs, key=lambda r: (r.get("started") or 0, str(r.get("run_id"))))
 
@@ -735,21 +707,6 @@ def page(predictions: str, sections: Sequence[str]) -> str:
             + "".join(sections) + "</body></html>\n")
 
 
-def write_text(uri: str, text: str) -> None:
-    """Write `text` to a local path or fsspec URL (a local folder is created; readers never see half a file)."""
-    fs, path = open_filesystem(uri)
-    data = text.encode("utf-8")
-    if is_local(fs):
-        parent = posixpath.dirname(path)
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{posixpath.basename(path)}.tmp" if parent else f".{path}.tmp"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, data)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The command
 # ----------------------------------------------------------------------------------------------------------------
@@ -760,13 +717,13 @@ def report(predictions: str, report_html: str, ground_truth: str | None = None, 
     """Write the HTML report of `predictions` (an annotate OUTPUT or one .parquet part) to `report_html`.
 
     Returns what it counted: images, persons, errors, parts, overlays drawn, and the AP dict when `ground_truth`."""
-    from jobs.export import check_predictions
+    from jobs.export import check_predictions, write_atomically
     from jobs.output.provenance import load_record
 
     if sample < 0:
         raise ValueError(f"sample must be >= 0, got {sample}")
     check_predictions(predictions)
-    fs, folder, files = part_files(predictions)
+    fs, folder, files = predictions_files(predictions)
     picker = SamplePicker(sample, seed)
     stats = collect(fs, files, picker)
     samples = read_samples(fs, files, picker.chosen())
@@ -781,6 +738,7 @@ def report(predictions: str, report_html: str, ground_truth: str | None = None, 
     sections = [section_provenance(job, stats), section_runs(runs, throughput(runs)), section_counts(stats),
                 section_distributions(stats), section_low_confidence(stats), section_samples(overlays),
                 section_accuracy(metrics, ground_truth)]
-    write_text(report_html, page(predictions, sections))
+    html_bytes = page(predictions, sections).encode("utf-8")
+    write_atomically(report_html, lambda handle: handle.write(html_bytes))
     return {"report": report_html, "images": stats.images, "persons": stats.persons, "errors": stats.errors,
             "parts": stats.parts, "overlays": sum(o.data_uri is not None for o in overlays), "metrics": metrics}

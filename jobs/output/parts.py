@@ -31,6 +31,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
+import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -257,12 +258,19 @@ class PartWriter:
             log.warning("could not commit the last %d rows: %s", self._rows(self.pending), exc)
 
 
+def predictions_files(uri: str) -> tuple[fsspec.AbstractFileSystem, str | None, list[str]]:
+    """(filesystem, OUTPUT folder or None when `uri` is one .parquet file, the live part files to read)."""
+    fs, path = open_filesystem(uri)
+    if path.endswith(PART_SUFFIX) and fs.isfile(path):
+        return fs, None, [path]
+    return fs, path, list_part_files(fs, path)
+
+
 def iter_part_tables(uri: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
     """Stream the tables of an annotate OUTPUT (or of one .parquet file), one file at a time."""
     from jobs.progress import reading
 
-    fs, path = open_filesystem(uri)
-    files = [path] if path.endswith(PART_SUFFIX) and fs.isfile(path) else list_part_files(fs, path)
+    fs, _, files = predictions_files(uri)
     yield from reading((read_parquet(fs, file, columns) for file in files), len(files))
 
 

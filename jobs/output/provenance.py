@@ -28,6 +28,7 @@ from vitpose_core.hub import HUB_ID, local_path
 log = logging.getLogger("vitpose_batch")
 
 JOB_RECORD = "_job.json"
+RUNS = "_runs"  # one `<run id>.json` per run: who ran, with which version and input, how it ended
 RECORD_FORMAT = 2
 # files of a model / detector folder whose bytes decide what it computes
 FINGERPRINTED = (".json", ".safetensors", ".bin", ".pth", ".pt", ".onnx", ".txt", ".model")
@@ -132,6 +133,22 @@ def fingerprint(ref: str | None) -> str | None:
             return "hub:" + posixpath.basename(snapshot_download(ref, allow_patterns=["config.json"],
                                                                    local_files_only=True))
     return None
+
+
+def read_run_records(fs, folder: str) -> list[tuple[str, dict | None]]:
+    """(path, record) of every `RUNS/*.json` under OUTPUT `folder`; record None where the file is unreadable."""
+    try:
+        paths = [p for p in fs.ls(f"{folder}/{RUNS}", detail=False) if p.endswith(".json")]
+    except FileNotFoundError:
+        return []
+    found = []
+    for path in paths:
+        try:
+            record = json.loads(fs.cat_file(path))
+        except (ValueError, OSError):
+            record = None
+        found.append((path, record if isinstance(record, dict) else None))
+    return found
 
 
 def record_path(output: str) -> str:
