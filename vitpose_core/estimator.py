@@ -14,6 +14,7 @@ import torch
 
 from .crops import boxes_to_center_scale, normalize, warp_crops_cv2, warp_crops_torch
 from .decoding import decode_heatmaps, flip_back, rescore
+from .detectors import is_image
 from .devices import check_device
 from .keypoint_sets import KeypointSet, get_keypoint_set
 from .model import ViTPose
@@ -228,7 +229,7 @@ def check_image(image: Any, index: int) -> np.ndarray | torch.Tensor:
     on the GPU stays there)."""
     if not isinstance(image, torch.Tensor):
         image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, torch.uint8):
+    if not is_image(image):
         raise ValueError(f"image {index}: expected an HxWx3 uint8 RGB array, got {image.dtype} {tuple(image.shape)}")
     return image if isinstance(image, torch.Tensor) else np.ascontiguousarray(image)
 
