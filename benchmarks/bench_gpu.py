@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -35,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.bench_host import build_corpus  # noqa: E402
-from benchmarks.bench_model import DTYPES, hf_model  # noqa: E402
-from benchmarks.bench_pipeline import SHARED, seed_pipeline, timed  # noqa: E402
+from benchmarks.bench_pipeline import SHARED  # noqa: E402
+from benchmarks.seed import DTYPES, hf_twin, run_seed  # noqa: E402
 from vitpose_core.model import SIZES  # noqa: E402
 
 MIN_STEADY_BATCHES = 10  # fewer batches: no after-start-up rate is reported
@@ -64,41 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def hf_with_weights_of(checkpoint: Path, size: str):
-    """transformers' VitPoseForPoseEstimation holding the weights of an original-format .pth (fp32, CPU)."""
-    from vitpose_core.checkpoints import HF_QKV, HF_RENAMES
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    hf = hf_model(size)
-    weights = {}
-    for key in hf.state_dict():
-        if (m := HF_QKV.match(key)) is not None:  # original ViTPose fuses query, key and value
-            layer, part, kind = m.groups()
-            fused = state[f"backbone.blocks.{layer}.attn.qkv.{kind}"]
-            weights[key] = fused.chunk(3)[("query", "key", "value").index(part)]
-            continue
-        native = next((re.sub(p, r, key) for p, r in HF_RENAMES if re.search(p, key)), None)
-        if native is None or native not in state:
-            raise KeyError(f"{checkpoint}: no original tensor for transformers' {key}")
-        weights[key] = state[native]
-    hf.load_state_dict(weights, strict=True)
-    return hf
-
-
 def build_models(folder: Path, size: str):
-    """(checkpoint .pth, transformers model with the same weights, parameter count); checks that both agree."""
-    import vitpose_core as vc
+    """(checkpoint .pth, transformers model with the same weights, parameter count); benchmarks.seed checks that
+    both agree."""
     from jobs.demo_checkpoint import write_demo_checkpoint
 
     checkpoint = write_demo_checkpoint(folder / f"vitpose-{size}-random.pth", size=size)
-    hf = hf_with_weights_of(checkpoint, size)
-    ours = vc.load_pose_model(str(checkpoint))
-    crop = torch.randn(1, 3, 256, 192, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        theirs, mine = hf(crop).heatmaps, ours(crop)
-    if not torch.allclose(theirs, mine, rtol=1e-3, atol=1e-4 * float(theirs.abs().max())):
-        raise RuntimeError(f"the job's model and transformers' disagree on the same weights "
-                           f"(max difference {float((theirs - mine).abs().max()):.3g})")
+    hf = hf_twin(checkpoint)
     return checkpoint, hf, sum(p.numel() for p in hf.parameters())
 
 
@@ -125,29 +96,16 @@ def run_job(args, corpus: Path, boxes: Path, checkpoint: Path, output: Path) -> 
             "batches": batches, "steady_crops_per_s": steady}
 
 
-def run_seed(args, files: list[Path], boxes: Path, hf) -> dict:
-    """The seed page's pipeline, one image at a time from its JPEG file, ground-truth boxes; one untimed image first."""
-    from PIL import Image
-    from transformers import VitPoseImageProcessor
-
+def run_seed_on(args, files: list[Path], boxes: Path, hf) -> dict:
+    """The seed page's pipeline on `files`, one image at a time, with their ground-truth boxes."""
     from schemas.coco import load_boxes
 
     index = load_boxes(str(boxes))
     found = [index.boxes_for(file_name=path.name)[0] for path in files]
-    processor, model, dtype = VitPoseImageProcessor(), hf.to(args.device, DTYPES[args.dtype]), DTYPES[args.dtype]
-
-    def pipeline(paths, image_boxes):
-        for path, these in zip(paths, image_boxes):
-            with Image.open(path) as image:
-                seed_pipeline(processor, model, [image.convert("RGB")], [these], args.device, dtype)
-
-    first = next((i for i, these in enumerate(found) if len(these)), None)
-    if first is None:
-        sys.exit(f"bench_gpu.py: error: none of the first {len(files)} images has a person box: more --seed-images")
-    pipeline(files[first:first + 1], found[first:first + 1])  # warm-up: kernels, allocator
-    seconds = timed(lambda: pipeline(files, found))
-    persons = sum(len(b) for b in found)
-    return {"images": len(files), "persons": persons, "seconds": seconds, "crops_per_s": persons / seconds}
+    try:
+        return run_seed(hf, [path.read_bytes() for path in files], found, args.device, args.dtype)
+    except ValueError as exc:
+        sys.exit(f"bench_gpu.py: error: {exc}: more --seed-images")
 
 
 def report(figures: dict) -> None:
@@ -202,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"bench_gpu.py: the job failed: {one_line_reason(exc)}")
         if args.seed_images:
             files = sorted(corpus.iterdir())[: args.seed_images]
-            seed = figures["seed"] = run_seed(args, files, boxes, hf)
+            seed = figures["seed"] = run_seed_on(args, files, boxes, hf)
             figures["ratio_end_to_end"] = figures["job"]["crops_per_s"] / seed["crops_per_s"]
             steady = figures["job"]["steady_crops_per_s"]
             figures["ratio_after_start_up"] = steady / seed["crops_per_s"] if steady else None

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import vitpose_core as vc  # noqa: E402
 from benchmarks.bench_model import DTYPES, hf_model  # noqa: E402
+from benchmarks.seed import seed_pipeline  # noqa: E402
 
 SHARED = Path(os.environ.get("VITPOSE_SHARED", ROOT.parent / "shared"))
 
@@ -44,17 +45,6 @@ def load_images(limit: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
             images.append(np.asarray(ImageOps.exif_transpose(img).convert("RGB")))
         per_image.append(np.array(boxes.get(info["id"], []), np.float32).reshape(-1, 4))
     return images, per_image
-
-
-def seed_pipeline(processor, model, images, boxes, device, dtype) -> None:
-    for image, image_boxes in zip(images, boxes):
-        if not len(image_boxes):
-            continue
-        inputs = processor(image, boxes=[image_boxes.tolist()], return_tensors="pt")
-        with torch.inference_mode():
-            outputs = model(inputs["pixel_values"].to(device, dtype))
-        outputs.heatmaps = outputs.heatmaps.float()
-        processor.post_process_pose_estimation(outputs, boxes=[image_boxes])
 
 
 def timed(fn) -> float:

@@ -210,30 +210,40 @@ def read_batch(batch: pa.Table) -> pa.Table:
 
 
 def decode_items(batch: pa.Table, boxes=None, pool: Executor | None = None, jpeg=None) -> list[Decoded]:
-    """ITEM or ENCODED rows -> one `Decoded` per row, in order. `boxes`: a schemas.coco.BoxIndex or None.
+    """ITEM or ENCODED rows -> one `Decoded` per row, in order: `batch_items` then `decode_batch`."""
+    items = batch_items(batch, boxes)
+    decode_batch(items, batch.column("data").to_pylist(), pool=pool, jpeg=jpeg)
+    return items
 
-    Files are read where their bytes are not in the row. A large JPEG is decoded no larger than its crops need
-    (`reduction_for`) or, before a detector, than the detector needs (`detector_reduction`; the pose stage decodes
-    again what its small persons need); width and height stay the full image's. `pool` decodes images in parallel (PIL
-    releases the GIL). `jpeg` (a jobs.device_decode.DeviceJpeg) decodes the JPEGs it accepts straight into device
-    memory, in one call for the batch; every other image, and any it fails on, takes the CPU path, whose
-    messages name the problem.
-    """
+
+def batch_items(batch: pa.Table, boxes=None) -> list[Decoded]:
+    """ITEM or ENCODED rows -> one undecoded `Decoded` per row, in order, with its --boxes attached (`boxes`: a
+    schemas.coco.BoxIndex or None) and any read error the row carries."""
     uris = batch.column("image_uri").to_pylist()
     ids = batch.column("image_id").to_pylist()
-    datas = batch.column("data").to_pylist()
     given = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(uris)
     items = [attach_boxes(Decoded(uri, image_id, error=error), boxes) for uri, image_id, error in zip(uris, ids, given)]
     if "error_retryable" in batch.column_names:
         for item, retryable in zip(items, batch.column("error_retryable").to_pylist()):
             item.retryable = retryable
+    return items
+
+
+def decode_batch(items: list[Decoded], datas: list[bytes | None], pool: Executor | None = None, jpeg=None) -> None:
+    """Decode every item without an error from its bytes (`datas[i]`; None: read the file first), in place.
+
+    A large JPEG is decoded no larger than its crops need (`reduction_for`) or, before a detector, than the detector
+    needs (`detector_reduction`; the pose stage decodes again what its small persons need); width and height stay
+    the full image's. `pool` decodes images in parallel (PIL releases the GIL). `jpeg` (a jobs.device_decode.DeviceJpeg)
+    decodes the JPEGs it accepts straight into device memory, in one call for the batch; every other image, and any
+    it fails on, takes the CPU path, whose messages name the problem.
+    """
     run = pool.map if pool is not None else map
     todo = [i for i, item in enumerate(items) if item.error is None]
     if jpeg is not None:
         done = jpeg.decode_into([items[i] for i in todo], [datas[i] for i in todo])
         todo = [i for i, ok in zip(todo, done) if not ok]
     list(run(decode_one, [items[i] for i in todo], [datas[i] for i in todo]))  # fills the items in place
-    return items
 
 
 def attach_boxes(item: Decoded, boxes) -> Decoded:

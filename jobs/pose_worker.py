@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
-from jobs.decode import Decoded, boxes_to_full, decode_items, redecode, reduction_for, to_full, to_reduced
+from jobs.decode import Decoded, batch_items, boxes_to_full, decode_batch, redecode, reduction_for, to_full, to_reduced
 from schemas.predictions import make_table, persons_column
+from vitpose_core.stage_clock import StageClock, timed
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,11 @@ class PoseWorker:
 
     def __init__(self, model: str, detector: str | None, device: str, dtype: str | None, flip_test: bool,
                  dataset_index: int | None, crops_per_forward: int | None, threads: int | None,
-                 boxes=None, compile: bool = False, device_jpeg: bool = True) -> None:
+                 boxes=None, compile: bool = False, device_jpeg: bool = True, clock: StageClock | None = None) -> None:
         """boxes: a schemas.coco.BoxIndex (--boxes) or None (run the detector); threads: the CPUs Ray granted,
-        for torch, onnxruntime and decoding; device_jpeg: decode JPEGs on a CUDA device when torchvision can."""
+        for torch, onnxruntime and decoding; device_jpeg: decode JPEGs on a CUDA device when torchvision can;
+        clock: times each call's stages ("call" around "boxes", "decode", the estimator's "crop", "model" and
+        "heatmaps", and "rows"; benchmarks/hot_path.py reads it), None: untimed."""
         import torch
 
         import vitpose_core as vc
@@ -55,8 +58,9 @@ class PoseWorker:
         self.estimator = vc.PoseEstimator(
             vc.load_pose_model(model, device=device, dtype=dtype),
             detector=vc.load_detector(detector, device=device, **detector_options) if detector else None,
-            flip_test=flip_test, device=device, batch_size=crops_per_forward, compile=compile,
+            flip_test=flip_test, device=device, batch_size=crops_per_forward, compile=compile, clock=clock,
         )
+        self.clock = clock
         self.boxes = boxes
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads or 1), thread_name_prefix="decode")
         self.jpeg = DeviceJpeg.for_device(self.estimator.device) if device_jpeg else None
@@ -65,8 +69,15 @@ class PoseWorker:
         self.batches = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        with timed(self.clock, "call"):
+            return self.predict(batch)
+
+    def predict(self, batch: pa.Table) -> pa.Table:
         self.maybe_die()
-        items = decode_items(batch, self.boxes, pool=self.pool, jpeg=self.jpeg)
+        with timed(self.clock, "boxes"):
+            items = batch_items(batch, self.boxes)
+        with timed(self.clock, "decode", device_work=self.jpeg is not None):
+            decode_batch(items, batch.column("data").to_pylist(), pool=self.pool, jpeg=self.jpeg)
         results: list[dict | None] = [None for _ in items]
         errors = [item.error for item in items]
         retryable = [item.retryable for item in items]
@@ -85,6 +96,12 @@ class PoseWorker:
                     retryable[i] = True  # out of memory, a device fault: may pass on a re-run
         with self.lock:
             notes, self.notes = list(dict.fromkeys(self.notes)), []
+        with timed(self.clock, "rows"):
+            return self.rows(items, results, errors, retryable, retried, notes)
+
+    def rows(self, items: list[Decoded], results: list[dict | None], errors: list[str | None],
+             retryable: list[bool | None], retried: bool, notes: list[str]) -> pa.Table:
+        """The batch's PREDICTION rows, with the driver's diagnostics columns."""
         results = [r if e is None else None for r, e in zip(results, errors)]
         table = make_table(
             [item.image_uri for item in items], [item.image_id for item in items],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,3 +60,13 @@ def load(name: str, with_keypoints_only: bool = False) -> list[GroundTruthImage]
 def committed(output: Path) -> list[Path]:
     """The files holding an annotate OUTPUT's committed rows so far: live parts and staged chunks."""
     return sorted(Path(output).glob("part-*.parquet")) + sorted(Path(output).glob("_staging/*.staged"))
+
+
+def with_exif_orientation(data: bytes, orientation: int) -> bytes:
+    """A JPEG re-encoded (quality 92) with EXIF orientation tag `orientation` (1-8)."""
+    image = Image.open(io.BytesIO(data))
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    image.save(out, format="JPEG", exif=exif.tobytes(), quality=92)
+    return out.getvalue()

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pycocotools.coco import COCO as CocoApi
-from pycocotools.cocoeval import COCOeval
 
 from schemas.coco import (
     ExportStats,
@@ -28,8 +26,13 @@ from schemas.coco import (
 )
 from schemas.predictions import make_table
 from tests import coco_data
+from tests.optional import require
 from tests.shared_data import shared_path
 from vitpose_core.keypoint_sets import COCO, MPII
+
+require("pycocotools")
+from pycocotools.coco import COCO as CocoApi  # noqa: E402
+from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 SETS = ("coco-val-4", "coco-mini-train")
 

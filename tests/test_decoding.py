@@ -12,11 +12,14 @@ import torch
 
 import vitpose_core as vc
 from tests import coco_data
+from tests.optional import require
 from vitpose_core.decoding import flip_back, render_gaussians, rescore
 
-hf_vitpose = pytest.importorskip("transformers.models.vitpose.image_processing_pil_vitpose")
+require("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
+
+hf_vitpose = pytest.importorskip("transformers.models.vitpose.image_processing_pil_vitpose")
 
 HEATMAP_HW = (64, 48)  # ViTPose's 256x192 input / 4
 

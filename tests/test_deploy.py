@@ -22,11 +22,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jsonschema
 import pytest
-import yaml
 
+from tests.optional import require
 from tests.shared_data import shared_path
+
+jsonschema = require("jsonschema")
+yaml = require("yaml")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

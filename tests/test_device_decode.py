@@ -33,15 +33,6 @@ def stored_pixels(datas: list[torch.Tensor], device: torch.device) -> list[torch
     return out
 
 
-def with_orientation(data: bytes, orientation: int) -> bytes:
-    image = Image.open(io.BytesIO(data))
-    exif = image.getexif()
-    exif[0x0112] = orientation
-    out = io.BytesIO()
-    image.save(out, format="JPEG", exif=exif.tobytes(), quality=92)
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def photo() -> bytes:
     return coco_data.load("coco-val-4")[0].path.read_bytes()
@@ -49,7 +40,7 @@ def photo() -> bytes:
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_device_jpeg_matches_pil_for_every_exif_orientation(photo, orientation):
-    data = with_orientation(photo, orientation)
+    data = coco_data.with_exif_orientation(photo, orientation)
     assert jpeg_orientation(data) == orientation
     items = decode_items(pa.table({"image_uri": ["/x.jpg"], "image_id": [None], "data": [data]},
                                   schema=ITEM_SCHEMA), jpeg=DeviceJpeg("cpu", stored_pixels))
@@ -133,7 +124,7 @@ def test_estimator_takes_tensors_as_it_takes_arrays(tiny_vitpose):
 def coco_batches(tmp_path_factory):
     """The coco-val-4 images as two ITEM batches (bytes in the rows), with their ground-truth boxes file."""
     images = coco_data.load("coco-val-4")
-    rows = [{"image_uri": str(g.path), "image_id": None, "data": with_orientation(g.path.read_bytes(), 6 if i else 1)}
+    rows = [{"image_uri": str(g.path), "image_id": None, "data": coco_data.with_exif_orientation(g.path.read_bytes(), 6 if i else 1)}
             for i, g in enumerate(images)]
     table = pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)
     boxes = tmp_path_factory.mktemp("boxes") / "boxes.json"

@@ -9,15 +9,18 @@ import json
 
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from jobs.cli import main as cli
 from jobs.demo_checkpoint import write_demo_checkpoint
 from jobs.evaluate import METRICS, evaluate, oks_nms, vitpose_protocol
 from tests import coco_data
+from tests.optional import require
 from tests.shared_data import shared_path
 from vitpose_core.keypoint_sets import COCO as COCO_SET
+
+require("pycocotools")
+from pycocotools.coco import COCO  # noqa: E402
+from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 SIGMAS = np.asarray(COCO_SET.sigmas)
 

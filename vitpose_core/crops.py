@@ -82,7 +82,10 @@ def warp_crops_torch(image: torch.Tensor, center: np.ndarray, size: np.ndarray, 
 
 
 def normalize(crops: torch.Tensor) -> torch.Tensor:
-    """(n, 3, H, W) RGB in 0..255 -> ImageNet-normalised float."""
+    """(n, 3, H, W) RGB in 0..255 -> ImageNet-normalised float32, contiguous.
+
+    A uint8 channels-last view (as crops warped on the CPU arrive) is made contiguous before the float passes: three
+    contiguous passes cost about a quarter of the same arithmetic over strided memory."""
     mean = torch.tensor(IMAGENET_MEAN, device=crops.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(IMAGENET_STD, device=crops.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    return (crops.float() - mean) / std
+    return torch.sub(crops.contiguous().float(), mean).div_(std)

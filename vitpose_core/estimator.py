@@ -18,6 +18,7 @@ from .detectors import is_image
 from .devices import check_device
 from .keypoint_sets import KeypointSet, get_keypoint_set
 from .model import ViTPose
+from .stage_clock import StageClock, timed
 
 # Default crops per forward. On CPU small batches stay in cache (ViTPose-S: ~108 ms/crop at 3, ~145 at 32).
 CPU_BATCH, GPU_BATCH = 8, 64
@@ -29,7 +30,8 @@ class PoseEstimator:
     model: a `ViTPose` (see `load_pose_model`); detector: a callable images -> [(boxes xywh, scores)] used when no
     boxes are given; flip_test: average with the mirrored crops' heatmaps; device: where crops, model and decoding run.
     Options: batch_size (crops per forward), crop_backend ("auto": cv2 on CPU, torch elsewhere), blur (DARK blur, see
-    `decoding`), compile (torch.compile the model), keypoint_set (defaults from the model's keypoint count).
+    `decoding`), compile (torch.compile the model), keypoint_set (defaults from the model's keypoint count), clock
+    (a `StageClock` timing the "crop", "model" and "heatmaps" stages; None: untimed).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class PoseEstimator:
         blur: str = "original",
         compile: bool = False,
         keypoint_set: KeypointSet | str | None = None,
+        clock: StageClock | None = None,
     ) -> None:
         self.device = check_device(device)
         self.model = model.to(self.device).eval()
@@ -62,6 +65,7 @@ class PoseEstimator:
         )
         height, width = model.config.image_size
         self.input_hw = (height, width)
+        self.clock = clock
 
     # ------------------------------------------------------------------------------------------------------------
 
@@ -84,7 +88,8 @@ class PoseEstimator:
         if boxes is None:
             if self.detector is None:
                 raise ValueError("no boxes given and no detector: pass boxes=... or PoseEstimator(detector=...)")
-            detections = self.detector(images) if images else []
+            with timed(self.clock, "detect", device_work=True):
+                detections = self.detector(images) if images else []
             boxes = [d[0] for d in detections]
             box_scores = [d[1] for d in detections]
         boxes = [check_boxes(b, i) for i, b in enumerate(boxes)]
@@ -127,10 +132,13 @@ class PoseEstimator:
         uploaded: dict[int, torch.Tensor] = {}  # torch backend: each image goes to the device once
         for start in range(0, len(all_boxes), self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            pixel_values = self.crops(images, owners[chunk], all_boxes[chunk], uploaded)
-            heatmaps = self.heatmaps(pixel_values, dataset_index)
-            kp, sc = decode_heatmaps(heatmaps, all_boxes[chunk], blur=self.blur)
-            keypoints[chunk], scores[chunk] = kp.cpu().numpy(), sc.cpu().numpy()
+            with timed(self.clock, "crop", device_work=True):
+                pixel_values = self.crops(images, owners[chunk], all_boxes[chunk], uploaded)
+            with timed(self.clock, "model", device_work=True):
+                heatmaps = self.heatmaps(pixel_values, dataset_index)
+            with timed(self.clock, "heatmaps", device_work=True):
+                kp, sc = decode_heatmaps(heatmaps, all_boxes[chunk], blur=self.blur)
+                keypoints[chunk], scores[chunk] = kp.cpu().numpy(), sc.cpu().numpy()
             if start + self.batch_size < len(owners):  # owners ascend: earlier images are done with
                 for done in [i for i in uploaded if i < owners[start + self.batch_size]]:
                     del uploaded[done]
@@ -161,7 +169,8 @@ class PoseEstimator:
                 parts.append(torch.from_numpy(warped).to(self.device).permute(0, 3, 1, 2))
             else:
                 if owner not in uploaded:
-                    uploaded[owner] = self.upload(image).permute(2, 0, 1)
+                    with timed(self.clock, "upload"):  # a host copy into pinned memory, inside "crop"
+                        uploaded[owner] = self.upload(image).permute(2, 0, 1)
                 parts.append(warp_crops_torch(uploaded[owner], center[rows], size[rows], self.input_hw))
         if not parts:
             return torch.zeros((0, 3, height, width), device=self.device)
