@@ -354,11 +354,9 @@ def write_rows(opts: AnnotateOptions, rows, lease, metadata: dict, total: int | 
 
 def count_unmatched(chunks, box_index, summary: Summary):
     """Pass listing chunks through, counting the images the boxes file does not know (summary.images_without_boxes)."""
-    from schemas.coco import image_name
-
     for chunk in chunks:
         for uri, image_id in zip(chunk.column("image_uri").to_pylist(), chunk.column("image_id").to_pylist()):
-            summary.images_without_boxes += not box_index.knows(file_name=image_name(uri), image_id=image_id)
+            summary.images_without_boxes += not box_index.knows(file_name=box_index.name_for(uri), image_id=image_id)
         yield chunk
 
 

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     annotate = commands.add_parser("annotate", help="put keypoints on every image of INPUT, rows under OUTPUT")
-    annotate.add_argument("input", help="folder / prefix / glob of images, .tar or Parquet shards, or a COCO JSON")
+    annotate.add_argument("input", help="folder / prefix / glob of images, .tar or Parquet shards, or a COCO JSON; "
+                                        "a name that exists is read as exactly that path (any characters); only "
+                                        "when nothing exists under it is a name holding * ? [ a glob")
     annotate.add_argument("output", help="folder or prefix receiving Parquet part files")
     annotate.add_argument("--model", default=DEFAULT_MODEL,
                           help="ViTPose: HF folder (or its s3:// / gs:// URI), original .pth, or Hugging Face hub id "
@@ -246,14 +248,13 @@ def annotate_command(args: argparse.Namespace) -> int:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    import fsspec
-
     from jobs.evaluate import evaluate, format_table
+    from vitpose_core.filesystems import open_uri  # lazy: --help imports no fsspec
 
     report = evaluate(args.predictions, args.ground_truth, raw=args.raw)
     print(format_table(report))
     if args.output:
-        with fsspec.open(args.output, "w") as handle:
+        with open_uri(args.output, "w") as handle:
             json.dump(report, handle, indent=2)
     return 0
 

@@ -16,13 +16,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from schemas.coco import image_name
 from vitpose_core.crops import boxes_to_center_scale
+from vitpose_core.filesystems import open_uri
 
 ENCODED_SCHEMA = pa.schema([
     ("image_uri", pa.string()),
@@ -45,11 +44,12 @@ class ImageError(ValueError):
 
 
 def read_bytes(uri: str, attempts: int = READ_ATTEMPTS) -> bytes:
-    """Whole file at `uri` through fsspec, retrying transient failures with exponential backoff."""
+    """Whole file at `uri` (a local path, literally, or an fsspec URL), retrying transient failures with exponential
+    backoff."""
     delay = 0.5
     for attempt in range(attempts):
         try:
-            with fsspec.open(uri, "rb") as handle:
+            with open_uri(uri, "rb") as handle:
                 return handle.read()
         except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             raise ImageError(f"cannot read: {type(exc).__name__}", retryable=True) from None
@@ -249,11 +249,12 @@ def decode_batch(items: list[Decoded], datas: list[bytes | None], pool: Executor
 def attach_boxes(item: Decoded, boxes) -> Decoded:
     """The --boxes of `item`'s image (by file name or COCO id), and its COCO id when the boxes file knows it."""
     if boxes is not None:
-        found, scores = boxes.boxes_for(file_name=image_name(item.image_uri), image_id=item.image_id)
+        name = boxes.name_for(item.image_uri)
+        found, scores = boxes.boxes_for(file_name=name, image_id=item.image_id)
         item.boxes = np.asarray(found, np.float32).reshape(-1, 4)
         item.box_scores = np.asarray(scores, np.float32).reshape(-1)
         if item.image_id is None:
-            item.image_id = boxes.image_id_for(image_name(item.image_uri))
+            item.image_id = boxes.image_id_for(name)
     return item
 
 

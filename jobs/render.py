@@ -22,7 +22,6 @@ import random
 import tarfile
 from collections.abc import Iterable
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,6 +34,7 @@ from jobs.output.parts import iter_part_tables
 from jobs.storage import open_filesystem
 from schemas.coco import PredictionRow, image_name, iter_prediction_rows, split_image_uri
 from vitpose_core.drawing import draw_poses
+from vitpose_core.filesystems import open_uri
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ JPEG_QUALITY = 90
 
 
 def _tar_member_bytes(shard: str, member: str) -> bytes:
-    with fsspec.open(shard, "rb") as handle, tarfile.open(fileobj=handle, mode="r:*") as tar:
+    with open_uri(shard, "rb") as handle, tarfile.open(fileobj=handle, mode="r:*") as tar:
         try:
             info = tar.getmember(member)
         except KeyError:
@@ -71,7 +71,7 @@ def _parquet_row_bytes(shard: str, row_text: str) -> bytes:
         row = int(row_text)
     except ValueError:
         raise ValueError(f"{shard}#{row_text}: the part after '#' must be a row index") from None
-    with fsspec.open(shard, "rb") as handle:
+    with open_uri(shard, "rb") as handle:
         parquet = pq.ParquetFile(handle)
         column = _binary_column(parquet.schema_arrow, shard)
         start = 0

@@ -20,8 +20,9 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.output.uris import canonical_prefix, canonical_uri, is_local_uri, split_scheme
+from jobs.output.uris import canonical_prefix, canonical_uri, split_scheme
 from jobs.storage import is_local, protocols, read_json
+from vitpose_core.filesystems import filesystem, local_path_of
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif")
 GLOB_CHARS = "*?["
@@ -120,30 +121,33 @@ def walk_store(fs: fsspec.AbstractFileSystem, path: str, want: Callable[[str], b
 
 
 def list_input(input_uri: str, image_root: str | None = None, image_column: str | None = None) -> Listing:
-    """Resolve INPUT into the image files or shards it names; raises InputError when there is nothing to read."""
+    """Resolve INPUT into the image files or shards it names; raises InputError when there is nothing to read.
+
+    INPUT is what exists under that name first (a folder, a COCO JSON, an image or shard file), whatever characters
+    the name holds; only when nothing exists under it, and it holds `*`, `?` or `[`, is it a glob."""
     try:
-        fs, path = fsspec.core.url_to_fs(input_uri)
+        fs, path = filesystem(input_uri)
     except (ImportError, ValueError) as exc:
         raise InputError(f"input {input_uri!r}: {exc}") from None
     scheme = split_scheme(input_uri)[0]
-    local = is_local_uri(input_uri)
+    local = local_path_of(input_uri) is not None
 
     def uri(p: str) -> str:
         return canonical_uri(p if local else f"{scheme}://{p.lstrip('/')}")
 
-    if path.endswith(".json") and not any(c in path for c in GLOB_CHARS):
-        return list_coco(input_uri, image_root)
     try:
-        if any(c in path for c in GLOB_CHARS):
-            matched = list(dict.fromkeys(uri(f) for f in sorted(fs.glob(path)) if fs.isfile(f)))
-            walk: Callable[[Callable[[str], bool]], Iterator[str]] = lambda want: (u for u in matched if want(u))
-        elif fs.isdir(path):
+        if fs.isdir(path):
             if local:
-                walk = lambda want: walk_local(path, want)  # noqa: E731
+                walk: Callable[[Callable[[str], bool]], Iterator[str]] = lambda want: walk_local(path, want)
             else:
                 walk = lambda want: (uri(p) for p in walk_store(fs, path, want))  # noqa: E731
         elif fs.isfile(path):
+            if path.endswith(".json"):
+                return list_coco(input_uri, image_root)
             walk = lambda want: (u for u in [uri(path)] if want(u))  # noqa: E731
+        elif any(c in path for c in GLOB_CHARS):
+            matched = list(dict.fromkeys(uri(f) for f in sorted(fs.glob(path)) if fs.isfile(f)))
+            walk = lambda want: (u for u in matched if want(u))  # noqa: E731
         else:
             raise InputError(f"input {input_uri!r} not found")
     except (FileNotFoundError, PermissionError) as exc:
@@ -226,12 +230,12 @@ def shards_dataset(kind: str, uris: list[str], finished=None, image_column: str 
     import ray
 
     if kind == "tar":
-        fs, _ = fsspec.core.url_to_fs(uris[0])
+        fs, _ = filesystem(uris[0])
         ds = ray.data.read_webdataset(
-            [fsspec.core.url_to_fs(u)[1] for u in uris], decoder=None, filesystem=arrow_filesystem(fs),
+            [filesystem(u)[1] for u in uris], decoder=None, filesystem=arrow_filesystem(fs),
             override_num_blocks=len(uris),
         )
-        protocol = "" if is_local_uri(uris[0]) else split_scheme(uris[0])[0] + "://"
+        protocol = "" if local_path_of(uris[0]) is not None else split_scheme(uris[0])[0] + "://"
         items = ds.map_batches(tar_members, batch_format="pyarrow", fn_kwargs={"protocol": protocol})
     else:
         shards = ray.data.from_items([{"shard": u} for u in uris], override_num_blocks=len(uris))
@@ -274,7 +278,7 @@ def tar_members(batch: pa.Table, protocol: str) -> pa.Table:
 def parquet_members(batch: pa.Table, column: str) -> pa.Table:
     """One Parquet shard (a single-row batch naming it) -> ITEM_SCHEMA rows, row i as `shard#i`."""
     shard = batch.column("shard")[0].as_py()
-    fs, path = fsspec.core.url_to_fs(shard)
+    fs, path = filesystem(shard)
     with fs.open(path, "rb") as handle:
         parquet = pq.ParquetFile(handle)
         if column not in parquet.schema_arrow.names:

@@ -9,11 +9,13 @@ import json
 
 import fsspec
 
+from vitpose_core.filesystems import filesystem, open_uri
+
 
 def read_json(uri: str, what: str, error: type[ValueError] = ValueError):
     """The JSON document at `uri` (local or fsspec URL); `error("<what> '<uri>' ...")` in one line if it cannot be."""
     try:
-        with fsspec.open(uri, "rb") as handle:
+        with open_uri(uri, "rb") as handle:
             return json.load(handle)
     except FileNotFoundError:
         raise error(f"{what} {uri!r} not found") from None
@@ -22,8 +24,9 @@ def read_json(uri: str, what: str, error: type[ValueError] = ValueError):
 
 
 def open_filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """fsspec filesystem and path for a local path or any fsspec URL (credentials from the environment)."""
-    fs, path = fsspec.core.url_to_fs(uri)
+    """fsspec filesystem and path for a local path (taken literally, see vitpose_core.filesystems) or any fsspec URL
+    (credentials from the environment); the path without a trailing slash."""
+    fs, path = filesystem(uri)
     return fs, path.rstrip("/") if path not in ("/", "") else path
 
 

@@ -210,6 +210,17 @@ class BoxIndex:
             return False
         return int(image_id) in self._boxes or (self._names is not None and int(image_id) in self._known_ids)
 
+    def name_for(self, uri: str) -> str:
+        """The file name this index knows the image at `uri` by: `image_name(uri)`, except for a plain file whose
+        own name merely contains a shard suffix and '#' (`a.tar#b.jpg`): its whole basename, when the index knows
+        that and not the member reading."""
+        name = image_name(uri)
+        if "#" in uri:
+            literal = posixpath.basename(uri.replace("\\", "/").rstrip("/"))
+            if literal != name and not self.knows(file_name=name) and self.knows(file_name=literal):
+                return literal
+        return name
+
     def boxes_for(
         self, file_name: str | None = None, image_id: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -282,10 +293,10 @@ def load_boxes(uri: str, images: Sequence[Mapping] | None = None) -> BoxIndex:
     its own (listed in `index.dropped`), the image's other boxes kept. Scores must be finite and in [0, 1]. Anything
     else raises a one-line ValueError naming the file and the problem.
     """
-    import fsspec
+    from vitpose_core.filesystems import open_uri
 
     try:
-        with fsspec.open(uri, "rb") as handle:
+        with open_uri(uri, "rb") as handle:
             raw = handle.read()
     except FileNotFoundError:
         raise _bad(uri, "not found") from None
