@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from jobs.decode import read_batch
 from jobs.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DETECTOR, DEFAULT_MODEL
 from jobs import signals
-from jobs.diagnostics import Diagnostics
+from jobs.diagnostics import Diagnostics, DroppedBoxes
 from jobs.progress import Progress
 from jobs.output import lease as leases
 from jobs.output import parts, provenance, resume
@@ -88,8 +88,7 @@ class Summary:
     seconds: float = 0.0
     files: int = 0
     run_id: str = ""
-    dropped_boxes: int = 0
-    dropped_examples: list = field(default_factory=list)
+    dropped: DroppedBoxes = field(default_factory=DroppedBoxes)  # boxes left out, per reason, the first named
     retried_batches: int = 0
     images_without_boxes: int = 0
     boxes_file: str | None = None
@@ -107,10 +106,7 @@ class Summary:
             f"persons: {self.persons}, error rows: {self.errors}, part files: {self.files}",
             f"time: {self.seconds:.1f} s, {rate:.2f} images/s, {crops:.2f} crops/s{steady}",
         ]
-        if self.dropped_boxes:
-            examples = "; ".join(self.dropped_examples[:3])
-            lines.append(f"unusable boxes left out: {self.dropped_boxes} (not finite, under a pixel, over 8x the "
-                         f"image, or outside it){': ' + examples if examples else ''}")
+        lines += self.dropped.lines()
         if self.retried_batches:
             lines.append(f"batches retried image by image: {self.retried_batches}")
         if self.boxes_file and self.images and self.images_without_boxes:
@@ -226,8 +222,8 @@ def execute(opts: AnnotateOptions, listing: Listing, box_index, lease, metadata:
     plan = resume.ResumePlan()
     if box_index is not None:
         summary.boxes_file = opts.boxes
-        summary.dropped_boxes = len(box_index.dropped)
-        summary.dropped_examples = box_index.dropped[:3]
+        for box in box_index.dropped:
+            summary.dropped.add(box["reason"], box["image"], box["bbox"], where=box["where"])
     new_items = listed_work(opts, listing, state, plan, box_index, summary)
     if new_items is None:
         return
@@ -322,7 +318,7 @@ def actor_pool(actors: int, calls: int):
 
 def write_rows(opts: AnnotateOptions, rows, lease, metadata: dict, total: int | None, summary: Summary) -> None:
     """Stream the rows to the driver and commit them (jobs.output.parts); the run's counts into `summary`."""
-    diagnostics = Diagnostics()
+    diagnostics = Diagnostics(summary.dropped)
     progress = Progress(total)
     writer = parts.PartWriter(opts.output, summary.run_id, PREDICTION_SCHEMA, metadata,
                               rows_per_file=opts.rows_per_file, commit_interval=opts.commit_interval,
@@ -344,7 +340,6 @@ def write_rows(opts: AnnotateOptions, rows, lease, metadata: dict, total: int | 
         progress.close()
         for key in ("images", "persons", "errors", "files"):
             setattr(summary, key, writer.totals[key])
-        summary.dropped_boxes += diagnostics.dropped_boxes
         summary.retried_batches = diagnostics.retried_batches
     arrivals = writer.arrivals
     if len(arrivals) > 2 and arrivals[-1][0] > arrivals[0][0]:
@@ -392,7 +387,7 @@ def write_run_record(opts: AnnotateOptions, run_id: str, status: str, started: f
         "ended": None if status == "running" else time.time(), "images": summary.images,
         "persons": summary.persons, "errors": summary.errors, "skipped": summary.skipped,
         "redone": summary.redone, "recovered": summary.recovered, "files": summary.files, "error": error,
-        "retry_errors": opts.retry_errors,
+        "retry_errors": opts.retry_errors, "dropped_boxes": summary.dropped.record(),
     }
     fs.makedirs(f"{folder}/{RUNS}", exist_ok=True)
     fs.pipe_file(f"{folder}/{RUNS}/{run_id}.json", json.dumps(record, indent=2).encode())

@@ -13,7 +13,7 @@ import re
 import time
 import warnings
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -190,6 +190,7 @@ class Decoded:
     boxes: np.ndarray | None = None  # (n, 4) xywh from --boxes, full-image pixels; None: run the detector
     box_scores: np.ndarray | None = None
     data: bytes | None = None  # kept when decoded reduced for a detector: small persons need a second decode
+    dropped: list = field(default_factory=list)  # given boxes left out: {"reason", "bbox"} (jobs.pose_worker)
 
 
 def read_batch(batch: pa.Table) -> pa.Table:

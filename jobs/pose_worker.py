@@ -2,7 +2,8 @@
 into rows.
 
 Besides the prediction columns each output batch carries diagnostics for the driver (stripped before rows are
-written): `_dropped_boxes` (unusable boxes left out, per image), `_retried` (the batch failed whole and was retried
+written): `_dropped` (the given boxes left out, per image: reason and box in full-image pixels; see
+vitpose_core.estimator.box_problems), `_retried` (the batch failed whole and was retried
 image by image) and `_notes` (warnings raised in the actor, on the batch's first row). The driver reports each note
 once, so warnings reach the user without Ray's worker log stream.
 """
@@ -15,10 +16,13 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pyarrow as pa
 
 from jobs.decode import Decoded, batch_items, boxes_to_full, decode_batch, redecode, reduction_for, to_full, to_reduced
+from jobs.diagnostics import DROPPED_TYPE
 from schemas.predictions import make_table, persons_column
+from vitpose_core.estimator import box_problems
 from vitpose_core.stage_clock import StageClock, timed
 
 log = logging.getLogger(__name__)
@@ -108,11 +112,9 @@ class PoseWorker:
             [item.width for item in items], [item.height for item in items], persons_column(results), errors,
             retryable,
         )
-        from_file = self.boxes is not None  # a detector's own boxes are not "given": none is reported dropped
-        given = [len(item.boxes) if from_file and e is None else 0 for item, e in zip(items, errors)]
-        dropped = [max(0, n - (0 if r is None else len(r["boxes"]))) for n, r in zip(given, results)]
+        dropped = [item.dropped if e is None else [] for item, e in zip(items, errors)]
         n = len(items)
-        return (table.append_column("_dropped_boxes", pa.array(dropped, pa.int32()))
+        return (table.append_column("_dropped", pa.array(dropped, DROPPED_TYPE))
                 .append_column("_retried", pa.array([retried] + [False] * (n - 1) if n else [], pa.bool_()))
                 .append_column("_notes", pa.array(([notes] + [[] for _ in items[1:]]) if n else [],
                                                   pa.list_(pa.string()))))
@@ -124,8 +126,13 @@ class PoseWorker:
         if any(item.boxes is None for item in chosen):
             self.detect_reduced(chosen)
         given = all(item.boxes is not None for item in chosen)
-        boxes = [to_reduced(item.boxes, item.reduction) for item in chosen] if given else None
-        scores = [item.box_scores for item in chosen] if given else None
+        boxes = scores = None
+        if given:
+            boxes, scores = [], []
+            for item in chosen:
+                usable = self.usable(item)
+                boxes.append(to_reduced(item.boxes[usable], item.reduction))
+                scores.append(item.box_scores[usable])
         estimated = self.estimator([item.image for item in chosen], boxes=boxes, box_scores=scores,
                                    dataset_index=self.dataset_index)
         for i, item, result in zip(indices, chosen, estimated):
@@ -133,6 +140,15 @@ class PoseWorker:
                 result["keypoints"] = to_full(result["keypoints"], item.reduction)
                 result["boxes"] = boxes_to_full(result["boxes"], item.reduction)
             results[i] = result
+
+    def usable(self, item: Decoded) -> np.ndarray:
+        """Mask of `item`'s boxes that can be cropped; the others, with their reasons, go to `item.dropped` when they
+        came from the boxes file (a detector's own boxes are not "given": none is reported)."""
+        hw = tuple(item.image.shape[:2])
+        problems = box_problems(to_reduced(item.boxes, item.reduction), hw)
+        if self.boxes is not None:
+            item.dropped = [{"reason": p, "bbox": box.tolist()} for p, box in zip(problems, item.boxes) if p]
+        return np.array([p is None for p in problems], dtype=bool)
 
     def detect_reduced(self, chosen: list[Decoded]) -> None:
         """Detector runs where some photo was decoded reduced: detect on what was decoded, and where a person is too

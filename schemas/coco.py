@@ -173,7 +173,8 @@ class BoxIndex:
         self._ambiguous = ambiguous or set()
         self._known_ids = set((names or {}).values())
         self.source = source
-        self.dropped: list[str] = []  # unusable boxes left out when the file was read (why, naming each item)
+        # unusable boxes left out when the file was read: {"reason", "image", "bbox", "where"} (the item) each
+        self.dropped: list[dict] = []
 
     def __len__(self) -> int:
         """Number of images with at least one box."""
@@ -244,7 +245,7 @@ def _number(value: Any) -> bool:
 
 def _check_box(uri: str, where: str, item: Mapping, need_score: bool) -> str | None:
     """Refuse an item that is not a box at all (one line naming the file and item); return why a well-formed box is
-    unusable (not finite, no area), for it to be dropped on its own, or None."""
+    unusable ("not finite", "no area"), for it to be dropped on its own, or None."""
     bbox = item.get("bbox")
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_number(v) for v in bbox)):
         raise _bad(uri, f"{where} has no bbox of 4 numbers (got {str(bbox)[:60]})")
@@ -255,9 +256,9 @@ def _check_box(uri: str, where: str, item: Mapping, need_score: bool) -> str | N
         if not _number(score) or not math.isfinite(score) or not 0.0 <= score <= 1.0:
             raise _bad(uri, f"{where} has score {score!r}; scores must be finite numbers in [0, 1]")
     if not all(math.isfinite(v) for v in bbox):
-        return f"{where}: bbox {bbox} is not finite"
+        return "not finite"
     if bbox[2] <= 0 or bbox[3] <= 0:
-        return f"{where}: bbox {bbox} has no area"
+        return "no area"
     return None
 
 
@@ -322,7 +323,8 @@ def load_boxes(uri: str, images: Sequence[Mapping] | None = None) -> BoxIndex:
             if ann.get("category_id") != PERSON_CATEGORY_ID or ann.get("iscrowd", 0):
                 continue
             if problem := _check_box(uri, f"annotations[{i}]", ann, need_score=False):
-                dropped.append(problem)
+                dropped.append({"reason": problem, "image": ann["image_id"], "bbox": ann["bbox"],
+                                "where": f"annotations[{i}]"})
                 continue
             box_lists.setdefault(int(ann["image_id"]), []).append(ann["bbox"])
             score_lists.setdefault(int(ann["image_id"]), []).append(1.0)
@@ -337,7 +339,7 @@ def load_boxes(uri: str, images: Sequence[Mapping] | None = None) -> BoxIndex:
             if det["category_id"] != PERSON_CATEGORY_ID:
                 continue
             if problem := _check_box(uri, f"item {i}", det, need_score=True):
-                dropped.append(problem)
+                dropped.append({"reason": problem, "image": det["image_id"], "bbox": det["bbox"], "where": f"item {i}"})
                 continue
             box_lists.setdefault(int(det["image_id"]), []).append(det["bbox"])
             score_lists.setdefault(int(det["image_id"]), []).append(det["score"])
@@ -349,6 +351,9 @@ def load_boxes(uri: str, images: Sequence[Mapping] | None = None) -> BoxIndex:
     boxes = {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in box_lists.items()}
     scores = {k: np.asarray(v, np.float32).reshape(-1) for k, v in score_lists.items()}
     index = BoxIndex(boxes, scores, names, ambiguous, source=uri)
+    file_names = {int(info["id"]): str(info["file_name"]) for info in file_images or ()}
+    for box in dropped:  # named as people know the image: its file name when the file lists one
+        box["image"] = file_names.get(int(box["image"]), f"image id {box['image']}")
     index.dropped = dropped
     return index
 

@@ -244,16 +244,25 @@ def check_image(image: Any, index: int) -> np.ndarray | torch.Tensor:
 
 
 MAX_BOX_TO_IMAGE = 8.0  # a "person" box larger than 8x the image's longer side is no person
+UNDER_A_PIXEL, OVER_8X, OUTSIDE = "under a pixel", "over 8x the image", "wholly outside the image"
+
+
+def box_problems(boxes: np.ndarray, image_hw: tuple[int, int]) -> list[str | None]:
+    """Why each COCO xywh box (n, 4), in the pixels of an image of `image_hw`, cannot be cropped, or None: under a
+    pixel wide or high (UNDER_A_PIXEL), wider or higher than MAX_BOX_TO_IMAGE times the image's longer side
+    (OVER_8X), or not overlapping the image (OUTSIDE); the first that applies."""
+    height, width = image_hw
+    x, y, w, h = np.asarray(boxes, np.float32).reshape(-1, 4).T
+    limit = MAX_BOX_TO_IMAGE * max(height, width)
+    reasons = np.select([(w < 1) | (h < 1), (w > limit) | (h > limit),
+                         (x >= width) | (y >= height) | (x + w <= 0) | (y + h <= 0)],
+                        [1, 2, 3], default=0)
+    return [(None, UNDER_A_PIXEL, OVER_8X, OUTSIDE)[r] for r in reasons]
 
 
 def usable_boxes(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-    """Mask of boxes a crop can be taken from: at least a pixel wide and high, at most MAX_BOX_TO_IMAGE times the
-    image's longer side, overlapping the image."""
-    height, width = image_hw
-    x, y, w, h = boxes.T
-    limit = MAX_BOX_TO_IMAGE * max(height, width)
-    return ((w >= 1) & (h >= 1) & (w <= limit) & (h <= limit)
-            & (x < width) & (y < height) & (x + w > 0) & (y + h > 0))
+    """Mask of boxes a crop can be taken from (no `box_problems`)."""
+    return np.array([p is None for p in box_problems(boxes, image_hw)], dtype=bool).reshape(-1)
 
 
 def check_boxes(boxes: Any, index: int) -> np.ndarray:
