@@ -118,6 +118,8 @@ def decode_reduced(data: bytes, reduction: int | None) -> tuple[np.ndarray, int]
                     image.draft(image.mode, (-(-image.size[0] // reduction), -(-image.size[1] // reduction)))
                     applied = round(width / image.size[0])
                 return to_rgb(ImageOps.exif_transpose(image)), applied
+    except ImageError:
+        raise  # ours already says what is wrong (an unsupported mode)
     except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised format)") from None
     except Image.DecompressionBombError as exc:
@@ -163,16 +165,76 @@ def redecode(item: Decoded, reduction: int) -> None:
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: keep the range, not the low byte
-        grey = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or grey.max() > 255 else 255.0
-        grey8 = np.clip(grey * (255.0 / peak), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey8[..., None], 3, axis=2))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    """A PIL image of any mode -> HxWx3 uint8 RGB: the picture a viewer shows, or ImageError naming the mode.
+
+    - 1, L, P, RGB, RGBX, CMYK, YCbCr, HSV, LAB: Pillow's own conversion (bilevel as 0/255; CMYK by the plain
+      formula, (255-C)(255-K)/255, no ICC profile; YCbCr as JFIF; LAB as CIE L*a*b* D50 to sRGB through LittleCMS,
+      as ImageCms does). A Pillow that cannot convert one (LAB without LittleCMS) raises "unsupported image mode
+      <MODE>: ..."
+    - Transparency is composited on white: RGBA, LA, PA, P with a transparent index or an RGBA palette, 1/L/RGB
+      with a transparent colour (PNG tRNS). Premultiplied La and RGBa: the stored colour plus (255 - alpha), the
+      same picture as un-premultiplying and compositing.
+    - Wide greyscale keeps its range, not its low byte; scaled to 0..255 and rounded:
+      I;16, I;16B, I;16L, I;16N (16-bit) by 65535, as GIMP and browsers show a 16-bit PNG;
+      I (32-bit signed) by 255 when all values are in 0..255, by 65535 when in 0..65535 (16-bit PGMs open as I),
+      else by its min..max;
+      F (32-bit float) by 255 when its finite values are in [0, 1], else by its finite min..max (as ImageJ shows
+      it); NaN is black, +inf white, -inf black. A flat I or F image outside those ranges is clipped into 0..65535
+      or [0, 1] (positive: white). A transparent grey level (tRNS) is white.
+    Any other mode raises "unsupported image mode <MODE>: ...".
+    """
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return wide_grey_to_rgb(image)
+    if mode in ("La", "RGBa"):
+        return premultiplied_on_white(image)
+    transparent = "transparency" in image.info and mode in ("1", "L", "RGB", "P")
+    if mode in ("RGBA", "LA", "PA") or transparent or (mode == "P" and getattr(image.palette, "mode", "") == "RGBA"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))  # people are labelled on paper-white
         image = Image.alpha_composite(background, image)
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    elif mode not in ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "HSV", "LAB"):
+        raise ImageError(f"unsupported image mode {mode}: no rule to show it as RGB")
+    try:
+        rgb = image.convert("RGB")
+    except (ValueError, ImportError) as exc:  # a Pillow without this conversion, or without LittleCMS for it
+        raise ImageError(f"unsupported image mode {mode}: {exc}") from None
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+
+
+def wide_grey_to_rgb(image: Image.Image) -> np.ndarray:
+    """16-bit, 32-bit integer and float greyscale -> HxWx3 uint8 RGB, scaled by `to_rgb`'s rule."""
+    values = np.asarray(image)
+    low, high = values.min(), values.max()
+    if image.mode == "F" and not (np.isfinite(low) and np.isfinite(high)):
+        finite = values[np.isfinite(values)]
+        low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    low, high = float(low), float(high)
+    if image.mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        low, high = 0.0, 1.0
+    elif image.mode == "I" and low >= 0 and high <= 255:
+        low, high = 0.0, 255.0
+    elif image.mode == "I" and low >= 0 and high <= 65535:
+        low, high = 0.0, 65535.0
+    elif high <= low:  # flat, outside the ranges above: clipped into the type's usual range
+        low, high = (0.0, 1.0) if image.mode == "F" else (0.0, 65535.0)
+    wide = np.float64 if image.mode == "I" else np.float32  # exact for the values, half the memory of float64
+    grey = np.nan_to_num(values.astype(wide), nan=low, posinf=high, neginf=low)
+    grey = np.rint((np.clip(grey, low, high) - low) * (255.0 / (high - low))).astype(np.uint8)
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int) and image.mode != "F":
+        grey[values == transparent] = 255  # a transparent grey level (PNG tRNS), composited on white
+    return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+
+
+def premultiplied_on_white(image: Image.Image) -> np.ndarray:
+    """La / RGBa (colour premultiplied by alpha) -> HxWx3 uint8 RGB composited on white: colour + (255 - alpha)."""
+    pixels = np.asarray(image).astype(np.int16)
+    colour, alpha = pixels[..., :-1], pixels[..., -1:]
+    rgb = np.clip(colour + (255 - alpha), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb)
 
 
 @dataclass
