@@ -265,7 +265,8 @@ def input_dataset(opts, listing: Listing, new_items, state, plan):
         shards = set(listing.shards)
         plan.redo.update({k: v for k, v in state.redo_candidates.items() if split_image_uri(v[0])[0] in shards})
         members = shards_dataset("parquet" if listing.kind == "parquet" else "tar", listing.shards,
-                                 finished=state.finished.without(_keys(plan.redo)), image_column=opts.image_column)
+                                 finished=state.finished.without(_keys(plan.redo)), image_column=opts.image_column,
+                                 image_root=opts.image_root)
         items = members if items is None else items.union(members)
     return items
 
@@ -388,6 +389,7 @@ def write_run_record(opts: AnnotateOptions, run_id: str, status: str, started: f
         "persons": summary.persons, "errors": summary.errors, "skipped": summary.skipped,
         "redone": summary.redone, "recovered": summary.recovered, "files": summary.files, "error": error,
         "retry_errors": opts.retry_errors, "dropped_boxes": summary.dropped.record(),
+        "image_column": opts.image_column, "image_root": opts.image_root,  # how render and report read shard rows
     }
     fs.makedirs(f"{folder}/{RUNS}", exist_ok=True)
     fs.pipe_file(f"{folder}/{RUNS}/{run_id}.json", json.dumps(record, indent=2).encode())

@@ -259,10 +259,12 @@ def read_batch(batch: pa.Table) -> pa.Table:
     """ITEM rows -> ENCODED rows: the bytes of every file row read (shard members carry theirs), read failures in
     `error`. Runs in CPU tasks before GPU actors, so that encoded bytes, not pixels, cross the object store."""
     datas = batch.column("data").to_pylist()
-    errors: list[str | None] = [None] * len(datas)
-    retryable: list[bool | None] = [None] * len(datas)
+    errors: list[str | None] = batch.column("error").to_pylist() if "error" in batch.column_names \
+        else [None] * len(datas)
+    retryable: list[bool | None] = batch.column("error_retryable").to_pylist() \
+        if "error_retryable" in batch.column_names else [None] * len(datas)
     for i, (uri, data) in enumerate(zip(batch.column("image_uri").to_pylist(), datas)):
-        if data is None:
+        if data is None and errors[i] is None:
             try:
                 datas[i] = read_bytes(uri)
             except ImageError as exc:

@@ -19,22 +19,19 @@ import io
 import logging
 import posixpath
 import random
-import tarfile
 from collections.abc import Iterable
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
-from jobs.decode import decode_image, read_bytes
+from jobs.decode import decode_image
 from jobs.defaults import KEYPOINT_THRESHOLD
 from jobs.export import check_predictions
+from jobs.image_shards import ImageSource, image_source_of, read_image_bytes
 from jobs.output.parts import iter_part_tables
 from jobs.storage import open_filesystem
-from schemas.coco import PredictionRow, image_name, iter_prediction_rows, split_image_uri
+from schemas.coco import PredictionRow, image_name, iter_prediction_rows
 from vitpose_core.drawing import draw_poses
-from vitpose_core.filesystems import open_uri
 
 logger = logging.getLogger(__name__)
 
@@ -46,60 +43,10 @@ JPEG_QUALITY = 90
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _tar_member_bytes(shard: str, member: str) -> bytes:
-    with open_uri(shard, "rb") as handle, tarfile.open(fileobj=handle, mode="r:*") as tar:
-        try:
-            info = tar.getmember(member)
-        except KeyError:
-            raise FileNotFoundError(f"{shard} has no member {member!r}") from None
-        extracted = tar.extractfile(info)
-        if extracted is None:
-            raise ValueError(f"{shard}: member {member!r} is not a regular file")
-        return extracted.read()
-
-
-def _binary_column(schema: pa.Schema, shard: str) -> str:
-    names = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
-    if len(names) != 1:
-        found = f"{len(names)} ({', '.join(names)})" if names else "none"
-        raise ValueError(f"parquet shard {shard} must have exactly one binary (image bytes) column; found {found}")
-    return names[0]
-
-
-def _parquet_row_bytes(shard: str, row_text: str) -> bytes:
-    try:
-        row = int(row_text)
-    except ValueError:
-        raise ValueError(f"{shard}#{row_text}: the part after '#' must be a row index") from None
-    with open_uri(shard, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
-        column = _binary_column(parquet.schema_arrow, shard)
-        start = 0
-        for group in range(parquet.num_row_groups):
-            rows = parquet.metadata.row_group(group).num_rows
-            if start <= row < start + rows:
-                value = parquet.read_row_group(group, columns=[column]).column(0)[row - start].as_py()
-                if value is None:
-                    raise ValueError(f"{shard}#{row}: the image bytes are null")
-                return value
-            start += rows
-    raise FileNotFoundError(f"{shard} has {start} rows, no row {row}")
-
-
-def read_image_bytes(image_uri: str) -> bytes:
-    """The encoded bytes of the image behind `image_uri` (plain file, tar member or Parquet row)."""
-    base, member, kind = split_image_uri(image_uri)
-    if kind == "tar":
-        return _tar_member_bytes(base, member)
-    if kind == "parquet":
-        return _parquet_row_bytes(base, member)
-    return read_bytes(base)  # annotate's reader, with its retries
-
-
-def read_image(image_uri: str) -> np.ndarray:
+def read_image(image_uri: str, source: ImageSource | None = None) -> np.ndarray:
     """HxWx3 uint8 RGB exactly as annotate saw it (jobs.decode: EXIF orientation, transparency composited on white,
     16-bit grey scaled, not truncated): the frame and the pixels the predictions were made on."""
-    return decode_image(read_image_bytes(image_uri))
+    return decode_image(read_image_bytes(image_uri, source))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -197,6 +144,7 @@ def render(
     check_predictions(predictions)
     rows = iter_prediction_rows(iter_part_tables(predictions))
     chosen = reservoir_sample(rows, sample, seed) if pick == "random" else scored_sample(rows, sample, pick)
+    source = image_source_of(predictions)
     fs, folder = open_filesystem(outdir)
     if chosen:
         fs.makedirs(folder, exist_ok=True)
@@ -204,7 +152,7 @@ def render(
     taken: set[str] = set()
     for row in chosen:
         try:
-            image = read_image(row.image_uri)
+            image = read_image(row.image_uri, source)
             canvas = draw_row(image, row, min_person_score, keypoint_threshold)
         except Exception as exc:  # noqa: BLE001 - one bad image must not end the run
             message = str(exc).splitlines()[0] if str(exc) else ""

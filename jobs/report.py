@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.defaults import KEYPOINT_THRESHOLD  # keypoints drawn on overlays: as `render` draws them
+from jobs.image_shards import ImageSource, image_source_of
 from jobs.output.parts import predictions_files, read_parquet
 
 log = logging.getLogger("vitpose_batch")
@@ -383,12 +384,13 @@ class Overlay:
     problem: str | None = None
 
 
-def make_overlay(sample: Sample, keypoint_set: str | None) -> Overlay:
-    """Read and decode the sample's image as annotate did, draw its person, crop; a failure becomes the caption."""
+def make_overlay(sample: Sample, keypoint_set: str | None, source: ImageSource | None = None) -> Overlay:
+    """Read and decode the sample's image as annotate did (shard rows through the image column the runs recorded:
+    `source`), draw its person, crop; a failure becomes the caption."""
     from jobs.render import read_image
 
     try:
-        image = read_image(sample.image_uri)
+        image = read_image(sample.image_uri, source)
         problem = None
         if (sample.width, sample.height) not in ((0, 0), (image.shape[1], image.shape[0])):
             problem = (f"image is now {image.shape[1]}x{image.shape[0]}, the row says {sample.width}x{sample.height}: "
@@ -727,7 +729,8 @@ def report(predictions: str, report_html: str, ground_truth: str | None = None, 
     picker = SamplePicker(sample, seed)
     stats = collect(fs, files, picker)
     samples = read_samples(fs, files, picker.chosen())
-    overlays = [make_overlay(s, stats.keypoint_set) for s in samples]
+    source = image_source_of(predictions)
+    overlays = [make_overlay(s, stats.keypoint_set, source) for s in samples]
     job = load_record(predictions) if folder is not None else None
     runs = load_runs(fs, folder)
     metrics = None

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jobs.output.uris import canonical_prefix, canonical_uri, split_scheme
 from jobs.storage import is_local, protocols, read_json
+from jobs.image_shards import check_shards, parquet_rows
 from vitpose_core.filesystems import filesystem, local_path_of
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif")
@@ -157,6 +157,7 @@ def list_input(input_uri: str, image_root: str | None = None, image_column: str 
         shards = list(walk(lambda p: p.endswith(".parquet")))
         if not shards:
             raise InputError(f"input {input_uri!r}: --image-column given but no .parquet shards found")
+        check_shards(shards, image_column)  # every footer: a missing or non-image column is refused before work
         return Listing("parquet", lambda: iter(()), shards=shards)
     first_image = next(walk(_is_image), None)
     if first_image is None:
@@ -221,7 +222,8 @@ def files_dataset(new_items: Iterator[pa.Table], rows_per_block: int):
     return ray.data.from_arrow_refs(refs) if refs else None
 
 
-def shards_dataset(kind: str, uris: list[str], finished=None, image_column: str | None = None):
+def shards_dataset(kind: str, uris: list[str], finished=None, image_column: str | None = None,
+                   image_root: str | None = None):
     """A Ray Dataset of ITEM_SCHEMA rows for the members of WebDataset `.tar` or Parquet shards.
 
     Members are only known once a worker opens a shard, so `finished` (a resume KeySet) travels to the workers and
@@ -240,7 +242,7 @@ def shards_dataset(kind: str, uris: list[str], finished=None, image_column: str 
     else:
         shards = ray.data.from_items([{"shard": u} for u in uris], override_num_blocks=len(uris))
         items = shards.map_batches(parquet_members, batch_size=1, batch_format="pyarrow",
-                                   fn_kwargs={"column": image_column})
+                                   fn_kwargs={"column": image_column, "image_root": image_root})
     if finished is not None and len(finished):
         items = items.map_batches(drop_finished, batch_format="pyarrow", fn_kwargs={"finished": ray.put(finished)})
     return items
@@ -275,18 +277,9 @@ def tar_members(batch: pa.Table, protocol: str) -> pa.Table:
     return pa.table({"image_uri": uris, "image_id": [None] * len(uris), "data": data}, schema=ITEM_SCHEMA)
 
 
-def parquet_members(batch: pa.Table, column: str) -> pa.Table:
-    """One Parquet shard (a single-row batch naming it) -> ITEM_SCHEMA rows, row i as `shard#i`."""
-    shard = batch.column("shard")[0].as_py()
-    fs, path = filesystem(shard)
-    with fs.open(path, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
-        if column not in parquet.schema_arrow.names:
-            raise InputError(f"parquet shard {shard!r} has no column {column!r} (it has {parquet.schema_arrow.names})")
-        data = parquet.read(columns=[column]).column(column).cast(pa.large_binary())
-    uris = [f"{shard}#{i}" for i in range(len(data))]
-    return pa.table({"image_uri": uris, "image_id": pa.nulls(len(uris), pa.int64()), "data": data},
-                    schema=ITEM_SCHEMA)
+def parquet_members(batch: pa.Table, column: str, image_root: str | None = None) -> pa.Table:
+    """One Parquet shard (a single-row batch naming it) -> ENCODED rows, row i as `shard#i` (jobs.image_shards)."""
+    return parquet_rows(batch.column("shard")[0].as_py(), column, image_root)
 
 
 def drop_finished(batch: pa.Table, finished) -> pa.Table:
