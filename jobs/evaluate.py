@@ -12,6 +12,11 @@ count as misses.
 Sigmas (NMS and COCOeval) are those of the predictions' keypoint set: an annotate OUTPUT's parts name it
 (`vitpose.keypoint_set`); for a results JSON (or parts without it) the ground truth's keypoint names pick the set they
 equal, else the keypoint count does (17 COCO, 133 COCO-WholeBody, 16 MPII, 14 AIC).
+
+Both inputs are checked before anything is scored (`jobs.evaluation_inputs`): an unfit file is refused in one line
+naming the file, the item and the field; a missing value with a standard stand-in (a ground-truth annotation's `area`,
+`iscrowd`, `num_keypoints`, a result's `category_id`) is filled and logged as one warning line per field. COCOeval is
+scoped to the ground truth's person category.
 """
 
 from __future__ import annotations
@@ -19,10 +24,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 from collections import defaultdict
 
 import numpy as np
 
+from jobs.evaluation_inputs import (
+    PERSON,
+    CheckedGroundTruth,
+    EvaluationInputError,
+    check_ground_truth,
+    check_results,
+    person_items,
+)
 from jobs.export import check_predictions, part_metadata_of, set_for_count
 from jobs.oks import oks_nms, padded_box_areas
 from jobs.output.parts import iter_part_tables, part_provenances
@@ -35,6 +49,8 @@ from vitpose_core.keypoint_sets import COCO, KEYPOINT_SETS, KeypointSet, get_key
 METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 BOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 KEYPOINT_THRESHOLD = 0.2
+
+log = logging.getLogger(__name__)
 
 
 def vitpose_protocol(results: list[dict], sigmas: np.ndarray) -> list[dict]:
@@ -61,10 +77,10 @@ def load_results(predictions: str) -> tuple[list[dict], dict]:
     """COCO keypoint results from an annotate OUTPUT or a results JSON, plus the job record (`_job.json`) if any."""
     fs, path = open_filesystem(predictions)
     if path.endswith(".json"):
-        results = read_json(predictions, "predictions")
-        if not isinstance(results, list) or not all(isinstance(r, dict) and "keypoints" in r for r in results):
-            raise ValueError(f"predictions {predictions!r}: a results JSON must be a list of "
-                             "{image_id, keypoints, score} objects")
+        results = read_json(predictions, "predictions", EvaluationInputError)
+        if not isinstance(results, list):  # what each result needs is `check_results`' to say, item by item
+            raise EvaluationInputError(f"predictions {predictions!r}: a results JSON must be a list of "
+                                       "{image_id, category_id, keypoints, score} objects")
         return results, {}
     check_predictions(predictions)
     results = list(coco_results(iter_part_tables(predictions)))
@@ -89,8 +105,10 @@ def detector_of_every_row(predictions: str, job: dict) -> str | None:
     return settings["detector"]
 
 
-def run_cocoeval(ground_truth, results: list[dict], iou_type: str, sigmas: np.ndarray | None = None) -> np.ndarray:
-    """COCOeval stats over every ground-truth image (images without predictions count as misses)."""
+def run_cocoeval(ground_truth, results: list[dict], iou_type: str, sigmas: np.ndarray | None = None,
+                 category_id: int | None = None) -> np.ndarray:
+    """COCOeval stats over every ground-truth image (images without predictions count as misses), of `category_id`
+    alone when given."""
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
@@ -99,6 +117,8 @@ def run_cocoeval(ground_truth, results: list[dict], iou_type: str, sigmas: np.nd
             return np.zeros(10)
         evaluator = COCOeval(ground_truth, detections, iou_type)
         evaluator.params.imgIds = sorted(ground_truth.getImgIds())
+        if category_id is not None:
+            evaluator.params.catIds = [category_id]
         if sigmas is not None and iou_type == "keypoints":
             evaluator.params.kpt_oks_sigmas = sigmas
         evaluator.evaluate()
@@ -107,17 +127,41 @@ def run_cocoeval(ground_truth, results: list[dict], iou_type: str, sigmas: np.nd
     return np.asarray(evaluator.stats, dtype=np.float64)
 
 
-def load_ground_truth(uri: str):
+def read_ground_truth(uri: str) -> CheckedGroundTruth:
+    """The COCO keypoints ground truth at `uri`, checked and with its stand-ins (`jobs.evaluation_inputs`); raises
+    EvaluationInputError (one line: file, item, field) when it is unreadable or unfit."""
+    return check_ground_truth(read_json(uri, "ground truth", EvaluationInputError), uri)
+
+
+def coco_api(dataset: dict):
+    """pycocotools' COCO over a loaded (and checked) ground truth."""
     from pycocotools.coco import COCO
 
-    data = read_json(uri, "ground truth")
-    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
-        raise ValueError(f"ground truth {uri!r}: a COCO file needs images, annotations and categories")
     ground_truth = COCO()
-    ground_truth.dataset = data
+    ground_truth.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         ground_truth.createIndex()
     return ground_truth
+
+
+def load_ground_truth(uri: str):
+    """pycocotools' COCO of the checked ground truth at `uri` (its stand-ins logged); EvaluationInputError as
+    `read_ground_truth`."""
+    checked = read_ground_truth(uri)
+    for line in checked.warnings:
+        log.warning(line)
+    return coco_api(checked.dataset)
+
+
+def checked_results(predictions: str, results: list, truth: CheckedGroundTruth) -> tuple[list[dict], list[str]]:
+    """The results, checked against the ground truth's person category (`jobs.evaluation_inputs.check_results`),
+    and their warning lines; EvaluationInputError names the file, the result and the field that are unfit."""
+    if predictions.endswith(".json"):
+        return check_results(results, predictions, truth.person)
+    for result in results:  # an OUTPUT's persons are the person category's, whatever its id
+        result["category_id"] = truth.person.id
+    named = part_metadata_of(predictions).get("vitpose.keypoint_set")
+    return check_results(results, predictions, truth.person, named, person_items(results))
 
 
 def predictions_keypoint_set(predictions: str, ground_truth, results: list[dict]) -> KeypointSet:
@@ -126,7 +170,8 @@ def predictions_keypoint_set(predictions: str, ground_truth, results: list[dict]
     num_keypoints = len(results[0]["keypoints"]) // 3 if results else None
     name = None if predictions.endswith(".json") else part_metadata_of(predictions).get("vitpose.keypoint_set")
     if name is None:
-        categories = ground_truth.loadCats(ground_truth.getCatIds())
+        categories = [c for c in ground_truth.loadCats(ground_truth.getCatIds())
+                      if str(c.get("name", "")).lower() == PERSON]
         names = tuple(categories[0].get("keypoints") or ()) if categories else ()
         name = next((ks.name for ks in KEYPOINT_SETS.values() if ks.keypoint_names == names), None)
     if name is None:
@@ -136,8 +181,12 @@ def predictions_keypoint_set(predictions: str, ground_truth, results: list[dict]
 
 def evaluate(predictions: str, ground_truth: str, raw: bool = False) -> dict:
     """Keypoint AP / AR (and the detector's box AP when a detector made the boxes) as a dict."""
-    gt = load_ground_truth(ground_truth)
+    truth = read_ground_truth(ground_truth)
     results, job = load_results(predictions)
+    results, warnings = checked_results(predictions, results, truth)
+    for line in truth.warnings + warnings:  # only once both inputs passed: a refusal stays the one line
+        log.warning(line)
+    gt = coco_api(truth.dataset)
     known = set(gt.getImgIds())
     unknown = [r for r in results if r.get("image_id") not in known]
     results = [r for r in results if r.get("image_id") in known]
@@ -147,7 +196,7 @@ def evaluate(predictions: str, ground_truth: str, raw: bool = False) -> dict:
     # {image_id, category_id, keypoints, score} only, so areas come from the keypoints' extent.
     scored = results if raw else [strip(r) for r in vitpose_protocol(results, sigmas)]
     # pycocotools' own default sigmas are COCO's; pass ours only for other keypoint sets
-    stats = run_cocoeval(gt, scored, "keypoints", None if keypoint_set is COCO else sigmas)
+    stats = run_cocoeval(gt, scored, "keypoints", None if keypoint_set is COCO else sigmas, truth.person.id)
     report = {name: float(value) for name, value in zip(METRICS, stats)}
     report.update({
         "protocol": "raw" if raw else "vitpose",
@@ -159,9 +208,9 @@ def evaluate(predictions: str, ground_truth: str, raw: bool = False) -> dict:
     })
     detector = detector_of_every_row(predictions, job) if job else None
     if detector and results and all("bbox" in r for r in results):
-        boxes = [{"image_id": r["image_id"], "category_id": 1, "bbox": r["bbox"],
+        boxes = [{"image_id": r["image_id"], "category_id": truth.person.id, "bbox": r["bbox"],
                   "score": float(r.get("box_score", r["score"]))} for r in results]
-        box_stats = run_cocoeval(gt, boxes, "bbox")
+        box_stats = run_cocoeval(gt, boxes, "bbox", category_id=truth.person.id)
         report["detector"] = detector
         report["detector_box"] = {name: float(v) for name, v in zip(BOX_METRICS, box_stats)}
     return report
