@@ -174,8 +174,9 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     - Transparency is composited on white: RGBA, LA, PA, P with a transparent index or an RGBA palette, 1/L/RGB
       with a transparent colour (PNG tRNS). Premultiplied La and RGBa: the stored colour plus (255 - alpha), the
       same picture as un-premultiplying and compositing.
-    - Wide greyscale keeps its range, not its low byte; scaled to 0..255 and rounded:
-      I;16, I;16B, I;16L, I;16N (16-bit) by 65535, as GIMP and browsers show a 16-bit PNG;
+    - Wide greyscale keeps its range, not its low byte; scaled to 0..255 (integers truncated, floats rounded):
+      I;16, I;16B, I;16L, I;16N (16-bit) by 65535, as GIMP and browsers show a 16-bit PNG (truncated, not
+      rounded: 40000 -> 155, as this decoder always gave);
       I (32-bit signed) by 255 when all values are in 0..255, by 65535 when in 0..65535 (16-bit PGMs open as I),
       else by its min..max;
       F (32-bit float) by 255 when its finite values are in [0, 1], else by its finite min..max (as ImageJ shows
@@ -220,9 +221,11 @@ def wide_grey_to_rgb(image: Image.Image) -> np.ndarray:
         low, high = 0.0, 65535.0
     elif high <= low:  # flat, outside the ranges above: clipped into the type's usual range
         low, high = (0.0, 1.0) if image.mode == "F" else (0.0, 65535.0)
-    wide = np.float64 if image.mode == "I" else np.float32  # exact for the values, half the memory of float64
-    grey = np.nan_to_num(values.astype(wide), nan=low, posinf=high, neginf=low)
-    grey = np.rint((np.clip(grey, low, high) - low) * (255.0 / (high - low))).astype(np.uint8)
+    grey = np.nan_to_num(values.astype(np.float64), nan=low, posinf=high, neginf=low)
+    # multiplied before dividing, so that exact multiples land exactly (257 -> 1); integers truncate, as 16-bit grey
+    # always did (40000 -> 155); floats round (0.25 -> 64; an 8-bit image stored as v / 255 comes back as v)
+    scaled = (np.clip(grey, low, high) - low) * 255.0 / (high - low)
+    grey = (np.rint(scaled) if image.mode == "F" else np.floor(scaled)).astype(np.uint8)
     transparent = image.info.get("transparency")
     if isinstance(transparent, int) and image.mode != "F":
         grey[values == transparent] = 255  # a transparent grey level (PNG tRNS), composited on white

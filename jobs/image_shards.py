@@ -159,9 +159,11 @@ def _parquet_row_bytes(shard: str, row: int, source: ImageSource) -> bytes:
         if column is None:
             binary = [f.name for f in schema if column_kind(f.type) == "bytes"]
             if len(binary) != 1:
-                wanted = ", ".join(source.columns) or "none recorded"
-                raise ShardError(f"parquet shard {shard}: no image column to read (the runs' image columns: "
-                                 f"{wanted}; binary columns: {', '.join(binary) or 'none'})")
+                recorded = f"none of the runs' image columns ({', '.join(source.columns)}) is in it" \
+                    if source.columns else "no run recorded its image column"
+                found = f"{len(binary)} ({', '.join(binary)})" if binary else "none"
+                raise ShardError(f"parquet shard {shard}: {recorded}, so it must have exactly one binary (image "
+                                 f"bytes) column; found {found}")
             column = binary[0]
         start = 0
         for group in range(parquet.num_row_groups):

@@ -111,9 +111,17 @@ def wide_grey_16(shape: tuple[int, int], photo: np.ndarray) -> np.ndarray:
 
 
 def by_range(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """The documented scaling: low..high -> 0..255, clipped, rounded (float64 maths, independent of the code's)."""
-    scaled = (np.clip(values.astype(np.float64), low, high) - low) * 255 / (high - low)
-    return grey3(np.rint(scaled))
+    """The documented scaling: low..high -> 0..255, clipped; integers truncated, floats rounded (exact rational
+    maths, independent of the code's)."""
+    from fractions import Fraction
+
+    low, high = Fraction(float(low)), Fraction(float(high))
+    integer = np.issubdtype(values.dtype, np.integer)
+    out = []
+    for v in values.astype(np.float64).reshape(-1).tolist():
+        scaled = (min(max(Fraction(v), low), high) - low) * 255 / (high - low)
+        out.append(int(scaled) if integer else round(scaled))
+    return grey3(np.array(out, np.uint8).reshape(values.shape))
 
 
 SRGB_TO_XYZ_D50 = np.array([[0.4360747, 0.3850649, 0.1430804],  # linear sRGB -> XYZ D50 (Bradford), as the
@@ -314,7 +322,7 @@ def case_HSV(photo):
 def case_16(mode: str, formats: tuple[str, ...]):
     def check(photo):
         values = wide_grey_16(photo.shape[:2], photo)
-        expected = grey3(np.rint(values / 257.0))  # 65535 -> 255: by 65535, never the low byte
+        expected = grey3((values.astype(np.int64) * 255 // 65535).astype(np.uint8))  # by 65535, never the low byte
         raw = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2"}[mode]
         image = Image.frombytes(mode, photo.shape[1::-1], values.astype(raw).tobytes())
         np.testing.assert_array_equal(to_rgb(image), expected)
@@ -345,7 +353,8 @@ def case_I(photo):
     # a 16-bit PGM opens as I with 0..65535: scaled by 65535
     values = wide_grey_16(shape, photo)
     pgm = b"P5\n%d %d\n65535\n" % shape[::-1] + values.astype(">u2").tobytes()
-    np.testing.assert_array_equal(decoded(pgm, "I", "PGM"), grey3(np.rint(values / 257.0)))
+    np.testing.assert_array_equal(decoded(pgm, "I", "PGM"), grey3((values.astype(np.int64) * 255 // 65535)
+                                                                  .astype(np.uint8)))
     # flat beyond 16 bits: clipped into 0..65535 (white); flat negative: black
     flat = Image.fromarray(np.full((4, 5), 100_000, np.int32))
     np.testing.assert_array_equal(decode_image(encode(flat, "TIFF")), np.full((4, 5, 3), 255, np.uint8))
