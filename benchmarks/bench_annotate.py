@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import vitpose_core as vc  # noqa: E402
 from benchmarks.bench_model import hf_model  # noqa: E402
 from benchmarks.bench_pipeline import SHARED  # noqa: E402
-from jobs.annotate import AnnotateOptions, run_annotate  # noqa: E402
+from vitpose_batch.pipeline.job import AnnotateOptions, run_annotate  # noqa: E402
 
 
 def build_corpus(folder: Path, min_crops: int) -> tuple[Path, int]:
@@ -65,8 +65,8 @@ def main() -> None:
         box_file, crops = build_corpus(images_dir, args.crops)
 
         # In process: decode every image, then one PoseEstimator call per 16 images (the job's batch size).
-        from jobs.decode import decode_image
-        from schemas.coco import load_boxes
+        from vitpose_batch.pipeline.image_decoding import decode_image
+        from vitpose_batch.schemas.coco import load_boxes
 
         index = load_boxes(str(box_file))
         paths = sorted(images_dir.iterdir())

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vitpose_core as vc  # noqa: E402
-from vitpose_core.decoding import render_gaussians  # noqa: E402
+from vitpose_core.heatmap_decoding import render_gaussians  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:

@@ -6,7 +6,7 @@
 The corpus is coco-mini-train's 80 real JPEGs repeated as hard links (bench_host.build_corpus) up to `--images`,
 with a COCO annotation file giving each link its source image's ground-truth person boxes (`--boxes`), so crops/s
 does not depend on a detector (`--detector PATH` runs one instead). The model is a random-weight ViTPose of
-`--size` written as an original .pth (jobs.demo_checkpoint); random weights cost the FLOPs of trained ones.
+`--size` written as an original .pth (vitpose_batch.demo_checkpoint); random weights cost the FLOPs of trained ones.
 
 1. The job, end to end (`run_annotate`: checks, Ray start in this process, model load, every image read, decoded,
    cropped, estimated and written as Parquet), and its rate after start-up (Summary.steady_crops_per_s).
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_models(folder: Path, size: str):
     """(checkpoint .pth, transformers model with the same weights, parameter count); benchmarks.seed checks that
     both agree."""
-    from jobs.demo_checkpoint import write_demo_checkpoint
+    from vitpose_batch.demo_checkpoint import write_demo_checkpoint
 
     checkpoint = write_demo_checkpoint(folder / f"vitpose-{size}-random.pth", size=size)
     hf = hf_twin(checkpoint)
@@ -75,7 +75,7 @@ def build_models(folder: Path, size: str):
 
 def run_job(args, corpus: Path, boxes: Path, checkpoint: Path, output: Path) -> dict:
     """The annotate job end to end; its figures (seconds: the whole run_annotate call)."""
-    from jobs.annotate import AnnotateOptions, run_annotate
+    from vitpose_batch.pipeline.job import AnnotateOptions, run_annotate
 
     options = AnnotateOptions(
         input=str(corpus), output=str(output), model=str(checkpoint), detector=args.detector,
@@ -98,7 +98,7 @@ def run_job(args, corpus: Path, boxes: Path, checkpoint: Path, output: Path) -> 
 
 def run_seed_on(args, files: list[Path], boxes: Path, hf) -> dict:
     """The seed page's pipeline on `files`, one image at a time, with their ground-truth boxes."""
-    from schemas.coco import load_boxes
+    from vitpose_batch.schemas.coco import load_boxes
 
     index = load_boxes(str(boxes))
     found = [index.boxes_for(file_name=path.name)[0] for path in files]
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             figures["job"] = run_job(args, corpus, boxes, checkpoint, work / "out")
         except Exception as exc:  # noqa: BLE001 - the job's refusals and failures, in one line as the CLI says them
-            from jobs.cli import one_line_reason
+            from vitpose_batch.cli import one_line_reason
 
             sys.exit(f"bench_gpu.py: the job failed: {one_line_reason(exc)}")
         if args.seed_images:

@@ -74,10 +74,10 @@ def stage_profile(files: list[Path], boxes_file: Path, model_ref: str) -> dict[s
     import torch
 
     import vitpose_core as vc
-    from jobs.decode import decode_image, read_bytes
-    from schemas.coco import image_name, load_boxes
-    from schemas.predictions import make_table, persons_column
-    from vitpose_core.decoding import decode_heatmaps, rescore
+    from vitpose_batch.pipeline.image_decoding import decode_image, read_bytes
+    from vitpose_batch.schemas.coco import image_name, load_boxes
+    from vitpose_batch.schemas.predictions import make_table, persons_column
+    from vitpose_core.heatmap_decoding import decode_heatmaps, rescore
 
     index = load_boxes(str(boxes_file))
     estimator = vc.PoseEstimator(vc.load_pose_model(model_ref))
@@ -128,7 +128,7 @@ def main() -> None:
             bare = pool.apply(bare_decode_rate, (files[: min(len(files), 2000)],))
         profile = stage_profile(files[: args.profile_images], boxes, str(model))
 
-        from jobs.annotate import AnnotateOptions, run_annotate
+        from vitpose_batch.pipeline.job import AnnotateOptions, run_annotate
 
         summary = run_annotate(AnnotateOptions(input=str(corpus), output=str(work / "out"), model=str(model),
                                                boxes=str(boxes), batch_size=args.batch_size))

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 import pyarrow as pa  # noqa: E402
 
-from jobs.output import parts, resume  # noqa: E402
-from jobs.storage import open_filesystem  # noqa: E402
-from schemas.predictions import PREDICTION_SCHEMA  # noqa: E402
+from vitpose_batch.output import parts, resume  # noqa: E402
+from vitpose_batch.files.storage import open_filesystem  # noqa: E402
+from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA  # noqa: E402
 
 PREFIX = "s3://corpus-bucket/photos/2026/11/24"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from jobs.decode import ENCODED_SCHEMA
+from vitpose_batch.pipeline.image_decoding import ENCODED_SCHEMA
 
 
 class CorpusError(ValueError):

@@ -40,7 +40,7 @@ DEVICE_COMPUTE = ("decode", "crop", "model", "heatmaps")  # not host bookkeeping
 
 def write_model(folder: Path, size: str) -> Path:
     """A random-weight ViTPose of `size` (S, B, L, H, or "tiny": 1 layer, 32 wide) as an original .pth."""
-    from jobs.demo_checkpoint import write_demo_checkpoint
+    from vitpose_batch.demo_checkpoint import write_demo_checkpoint
     from vitpose_core.model import ViTPose, ViTPoseConfig
 
     if size != "tiny":
@@ -56,8 +56,8 @@ def run_hot_path(model: Path, corpus: Corpus, *, device: str, dtype: str | None,
                  calls_in_flight: int = 2, crops_per_forward: int | None = None, compile: bool = False,
                  warmup_batches: int = 2) -> dict:
     """Time PoseWorker over the corpus; the figures as a dict (rates per second, stages in ms per image)."""
-    from jobs.pose_worker import PoseWorker
-    from schemas.coco import load_boxes
+    from vitpose_batch.pipeline.pose_worker import PoseWorker
+    from vitpose_batch.schemas.coco import load_boxes
 
     torch.set_num_threads(threads)
     worker = PoseWorker(str(model), None, device, dtype, False, None, crops_per_forward, threads,

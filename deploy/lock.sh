@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 RAY=2.60.0            # must match the tag of the FROM line in deploy/Dockerfile
 TORCH=2.13.0          # the PyPI wheel carries its CUDA 13 runtime as nvidia-* wheels
-TORCHVISION=0.28.0    # torch 2.13's: nvjpeg decoding of JPEGs on the GPU (jobs/device_decode.py)
+TORCHVISION=0.28.0    # torch 2.13's: nvjpeg decoding of JPEGs on the GPU (vitpose_batch/pipeline/nvjpeg.py)
 ORT_GPU=1.31.1        # CUDA 13 / cuDNN 9 build, the same CUDA major as torch's
 
 report=$(mktemp)

@@ -42,7 +42,7 @@ def shared_ray():
 def ensure_shared_ray() -> None:
     import ray
 
-    from jobs.annotate import connect
+    from vitpose_batch.pipeline.job import connect
 
     if not ray.is_initialized():
         connect(None)

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import vitpose_core as vc
-from jobs.cli import main as cli
-from jobs.output.parts import iter_part_tables as iter_prediction_tables
-from schemas.predictions import person_arrays
+from vitpose_batch.cli import main as cli
+from vitpose_batch.output.parts import iter_part_tables as iter_prediction_tables
+from vitpose_batch.schemas.predictions import person_arrays
 from tests import checkpoint_factory as factory
 from tests import coco_data
 from tests.ray_cluster import local_cluster
@@ -184,13 +184,13 @@ def test_two_node_cluster_through_ray_address(tmp_path, tiny_model):
     gts = coco_data.load("coco-val-4")
     output = tmp_path / "out"
     with local_cluster(head_cpus=1, worker_cpus=[2]) as cluster:
-        subprocess.run([sys.executable, "-m", "jobs.cli", "annotate", str(coco_data.image_folder("coco-val-4")),
+        subprocess.run([sys.executable, "-m", "vitpose_batch.cli", "annotate", str(coco_data.image_folder("coco-val-4")),
                         str(output), "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-val-4")),
                         "--ray-address", cluster.address],
                        check=True, env=cluster.env, timeout=300, cwd=Path(__file__).resolve().parents[1])
         # a cluster without GPUs cannot take --device cuda: refused before any work, not a hang
         refused = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "annotate", str(coco_data.image_folder("coco-val-4")),
+            [sys.executable, "-m", "vitpose_batch.cli", "annotate", str(coco_data.image_folder("coco-val-4")),
              str(tmp_path / "gpu-out"), "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-val-4")),
              "--ray-address", cluster.address, "--device", "cuda"],
             env=cluster.env, timeout=120, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
@@ -220,13 +220,13 @@ def test_mixed_folder_reads_loose_images_and_tar_shards(tmp_path, tiny_model, sh
 
 def test_two_core_run_cannot_starve_its_readers(tmp_path, tiny_model):
     """On 2 CPUs with actors asking for whole CPUs, the pool leaves room for read/decode tasks and finishes."""
-    from jobs.annotate import AnnotateOptions, plan_actors
+    from vitpose_batch.pipeline.job import AnnotateOptions, plan_actors
 
     actors, per_actor, _ = plan_actors({"CPU": 2.0}, "cpu", AnnotateOptions(input="", output=""))
     assert actors * per_actor <= 1.0  # one CPU always left for reading and decoding
     output = tmp_path / "out"
     # A subprocess with a hard timeout: a starved pipeline hangs silently, and the timeout turns that into a failure.
-    subprocess.run([sys.executable, "-m", "jobs.cli", "annotate", str(coco_data.image_folder("coco-mini-train")),
+    subprocess.run([sys.executable, "-m", "vitpose_batch.cli", "annotate", str(coco_data.image_folder("coco-mini-train")),
                     str(output), "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-mini-train")),
                     "--batch-size", "4", "--cpus-per-actor", "1"],
                    check=True, timeout=400, cwd=Path(__file__).resolve().parents[1],
@@ -236,7 +236,7 @@ def test_two_core_run_cannot_starve_its_readers(tmp_path, tiny_model):
 
 def test_killed_run_then_rerun_gives_one_row_per_image(tmp_path, tiny_model):
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "jobs.cli", "annotate", str(coco_data.image_folder("coco-mini-train")),
+    command = [sys.executable, "-m", "vitpose_batch.cli", "annotate", str(coco_data.image_folder("coco-mini-train")),
                str(output), "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-mini-train")),
                "--batch-size", "2", "--commit-interval", "0"]
     cwd = Path(__file__).resolve().parents[1]

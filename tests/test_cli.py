@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import vitpose_core as vc
-from jobs.cli import DefaultsFormatter, build_parser, main as cli
-from jobs.demo_checkpoint import write_demo_checkpoint
+from vitpose_batch.cli import DefaultsFormatter, build_parser, main as cli
+from vitpose_batch.demo_checkpoint import write_demo_checkpoint
 from tests import coco_data
 from tests.conftest import ensure_shared_ray
 
@@ -62,7 +62,7 @@ def test_render_writes_overlays(annotated):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "vitpose_batch.cli", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=300, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
 
 
@@ -106,7 +106,7 @@ def test_parser_knows_the_interface_flags():
 
 
 def test_version_and_every_argument_explained():
-    out = subprocess.run([sys.executable, "-m", "jobs.cli", "--version"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "vitpose_batch.cli", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.startswith("vitpose-batch ") and out.stdout.split()[1][0].isdigit()
     parser = build_parser()
     commands = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict)).choices
@@ -124,7 +124,7 @@ def test_version_and_every_argument_explained():
 
 def test_help_starts_without_heavy_imports():
     """`--help` must be instant: nothing of torch, Ray, pyarrow or the model is imported for it."""
-    code = ("import sys; from jobs.cli import main\n"
+    code = ("import sys; from vitpose_batch.cli import main\n"
             "try:\n    main(['annotate', '--help'])\nexcept SystemExit:\n    pass\n"
             "heavy = sorted(m for m in ('torch', 'ray', 'pyarrow', 'numpy', 'vitpose_core', 'cv2') if m in sys.modules)\n"
             "print('HEAVY', heavy)")

@@ -1,4 +1,4 @@
-"""schemas.coco against real COCO ground truth: results score AP 1.0, datasets load in pycocotools, box files."""
+"""vitpose_batch.schemas.coco against real COCO ground truth: results score AP 1.0, datasets load in pycocotools, box files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from schemas.coco import (
+from vitpose_batch.schemas.coco import (
     ExportStats,
     coco_dataset,
     coco_results,
@@ -24,7 +24,7 @@ from schemas.coco import (
     write_coco_dataset,
     write_json_stream,
 )
-from schemas.predictions import make_table
+from vitpose_batch.schemas.predictions import make_table
 from tests import coco_data
 from tests.optional import require
 from tests.shared_data import shared_path

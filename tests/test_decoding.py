@@ -13,7 +13,7 @@ import torch
 import vitpose_core as vc
 from tests import coco_data
 from tests.optional import require
-from vitpose_core.decoding import flip_back, render_gaussians, rescore
+from vitpose_core.heatmap_decoding import flip_back, render_gaussians, rescore
 
 require("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402
@@ -149,7 +149,7 @@ def scipy_filter(heatmap: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("blur,reference", [("original", cv2_in_place), ("transformers", scipy_filter),
                                             ("none", lambda m: m)])
 def test_each_blur_matches_its_published_algorithm_at_every_border(blur, reference):
-    from vitpose_core.decoding import MAX_STEP, refine_peaks
+    from vitpose_core.heatmap_decoding import MAX_STEP, refine_peaks
 
     heatmaps, _, _ = border_peaks(24, seed=2)
     coords, _ = refine_peaks(torch.from_numpy(heatmaps), blur=blur)

@@ -57,7 +57,7 @@ PLAIN_KINDS = {
 }
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 AWS_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
-# Names of secret values (jobs.annotate keeps such variables out of Ray's runtime_env; so must the manifests).
+# Names of secret values (vitpose_batch.pipeline.job keeps such variables out of Ray's runtime_env; so must the manifests).
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|SESSION|AUTH", re.IGNORECASE)
 NETWORK_POLICY = KUBERAY / "networkpolicy.yaml"
 
@@ -726,7 +726,7 @@ ENTRYPOINTS = [(where, spec["entrypoint"]) for where, spec in rayjob_specs()]
 
 @pytest.mark.parametrize("where,entrypoint", ENTRYPOINTS, ids=[w for w, _ in ENTRYPOINTS])
 def test_entrypoint_parses_with_the_cli(where, entrypoint, capsys):
-    from jobs.cli import build_parser
+    from vitpose_batch.cli import build_parser
 
     commands = split_commands(entrypoint)
     assert commands, f"{where}: empty entrypoint"
@@ -747,7 +747,7 @@ def test_entrypoint_parses_with_the_cli(where, entrypoint, capsys):
 
 def test_annotate_rayjob_runs_the_issue_commands():
     (doc,) = load_documents(KUBERAY / "rayjob-annotate.yaml")
-    from jobs.cli import build_parser
+    from vitpose_batch.cli import build_parser
 
     annotate, evaluate = [build_parser().parse_args(argv[1:]) for argv in split_commands(doc["spec"]["entrypoint"])]
     assert annotate.command == "annotate" and evaluate.command == "evaluate"
@@ -866,7 +866,7 @@ def test_dockerfile_context():
                 relative = file.relative_to(ROOT).as_posix()
                 assert not dockerignored(relative, patterns), f"line {number}: {relative} is left out of the context"
     for left_out in (".git/config", "tests/test_deploy.py", "benchmarks/bench_model.py", ".venv/bin/python",
-                     "jobs/__pycache__/cli.cpython-311.pyc"):
+                     "vitpose_batch/__pycache__/cli.cpython-311.pyc"):
         assert dockerignored(left_out, patterns), f"{left_out} would be sent to the builder"
 
 

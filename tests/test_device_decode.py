@@ -16,11 +16,11 @@ import torch
 from PIL import Image, ImageOps
 
 import vitpose_core as vc
-from jobs.decode import decode_image, decode_items, read_batch
-from jobs.device_decode import DeviceJpeg, jpeg_orientation, orient
-from jobs.pose_worker import PoseWorker
-from jobs.sources import ITEM_SCHEMA
-from schemas.coco import load_boxes
+from vitpose_batch.pipeline.image_decoding import decode_image, decode_items, read_batch
+from vitpose_batch.pipeline.nvjpeg import DeviceJpeg, jpeg_orientation, orient
+from vitpose_batch.pipeline.pose_worker import PoseWorker
+from vitpose_batch.pipeline.sources import ITEM_SCHEMA
+from vitpose_batch.schemas.coco import load_boxes
 from tests import coco_data
 
 
@@ -155,9 +155,9 @@ def test_worker_rows_are_the_same_from_device_jpegs_and_from_two_threads(tiny_vi
 def test_job_with_two_batches_per_actor_writes_every_image_once(tmp_path, tiny_vitpose, shared_ray):
     """The GPU pipeline's shape on the CPU (read tasks, then actors running two batches at once), through Ray Data:
     one row per image, the in-process estimator's keypoints."""
-    from jobs.annotate import AnnotateOptions, run_annotate
-    from jobs.output.parts import iter_part_tables
-    from schemas.predictions import person_arrays
+    from vitpose_batch.pipeline.job import AnnotateOptions, run_annotate
+    from vitpose_batch.output.parts import iter_part_tables
+    from vitpose_batch.schemas.predictions import person_arrays
 
     gts = coco_data.load("coco-val-4")
     summary = run_annotate(AnnotateOptions(
@@ -172,7 +172,7 @@ def test_job_with_two_batches_per_actor_writes_every_image_once(tmp_path, tiny_v
 
 
 def test_gpu_actors_get_decode_threads_and_leave_cpus_to_the_readers():
-    from jobs.annotate import AnnotateOptions, plan_actors
+    from vitpose_batch.pipeline.job import AnnotateOptions, plan_actors
 
     opts = AnnotateOptions(input="", output="")
     assert plan_actors({"CPU": 64.0, "GPU": 8.0}, "cuda", opts) == (8, 4.0, 4)  # 8-GPU node: 32 CPUs left to read

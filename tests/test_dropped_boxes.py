@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 
 import vitpose_core as vc
-from jobs.cli import main as cli
-from jobs.output.parts import iter_part_tables
-from schemas.predictions import person_arrays
+from vitpose_batch.cli import main as cli
+from vitpose_batch.output.parts import iter_part_tables
+from vitpose_batch.schemas.predictions import person_arrays
 from tests import coco_data
 
 PARTLY_OUTSIDE = [[600.0, 300.0, 80.0, 150.0], [-20.0, 100.0, 60.0, 200.0]]  # 640x425: kept

@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from jobs.cli import main as cli
-from jobs.demo_checkpoint import write_demo_checkpoint
-from jobs.evaluate import METRICS, evaluate, oks_nms, vitpose_protocol
+from vitpose_batch.cli import main as cli
+from vitpose_batch.demo_checkpoint import write_demo_checkpoint
+from vitpose_batch.review.evaluate import METRICS, evaluate, oks_nms, vitpose_protocol
 from tests import coco_data
 from tests.optional import require
 from tests.shared_data import shared_path

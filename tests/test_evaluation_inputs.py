@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main as cli
-from jobs.evaluate import METRICS, evaluate
-from jobs.evaluation_inputs import EvaluationInputError, check_ground_truth
-from jobs.output.parts import part_metadata, with_metadata
-from schemas.predictions import make_table
+from vitpose_batch.cli import main as cli
+from vitpose_batch.review.evaluate import METRICS, evaluate
+from vitpose_batch.review.evaluation_inputs import EvaluationInputError, check_ground_truth
+from vitpose_batch.output.parts import part_metadata, with_metadata
+from vitpose_batch.schemas.predictions import make_table
 from tests import coco_data
 from tests.optional import require
 from tests.test_evaluate import pycocotools_directly
@@ -390,7 +390,7 @@ STAND_INS = {  # field -> (the value written out in its place, the words of the 
 
 
 def warnings_of(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "jobs.evaluate" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "vitpose_batch.review.evaluate" and r.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize("field", sorted(STAND_INS))
@@ -407,7 +407,7 @@ def test_stand_in_scores_as_written_out(tmp_path, caplog, field, which):
     explicit_file = write(tmp_path / "explicit.json", written_out)
     results_file = write(tmp_path / "r.json", noisy(results_of(real_ground_truth())))
 
-    with caplog.at_level(logging.WARNING, logger="jobs.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="vitpose_batch.review.evaluate"):
         report = evaluate(results_file, gt_file, raw=True)
     direct = pycocotools_directly(explicit_file, results_file)
     assert 0.0 < report["AP"] < 1.0
@@ -440,7 +440,7 @@ def test_results_category_id_stand_in(tmp_path, caplog, indices):
     results_file = write(tmp_path / "r.json", results)
     explicit_file = write(tmp_path / "explicit.json", [dict(r, category_id=1) for r in results])
     gt_file = str(coco_data.annotation_file("coco-val-4"))
-    with caplog.at_level(logging.WARNING, logger="jobs.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="vitpose_batch.review.evaluate"):
         report = evaluate(results_file, gt_file, raw=True)
     np.testing.assert_allclose([report[m] for m in METRICS], pycocotools_directly(gt_file, explicit_file),
                                rtol=0, atol=1e-12)
@@ -457,7 +457,7 @@ def test_zero_area_is_warned_with_its_count(tmp_path, caplog, indices):
         data["annotations"][i]["area"] = 0
     gt_file = write(tmp_path / "gt.json", data)
     results_file = write(tmp_path / "r.json", noisy(results_of(real_ground_truth())))
-    with caplog.at_level(logging.WARNING, logger="jobs.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="vitpose_batch.review.evaluate"):
         report = evaluate(results_file, gt_file, raw=True)
     np.testing.assert_allclose([report[m] for m in METRICS], pycocotools_directly(gt_file, results_file),
                                rtol=0, atol=1e-12)
@@ -468,6 +468,6 @@ def test_zero_area_is_warned_with_its_count(tmp_path, caplog, indices):
 
 def test_fit_inputs_warn_nothing(tmp_path, caplog):
     results_file = write(tmp_path / "r.json", results_of(real_ground_truth()))
-    with caplog.at_level(logging.WARNING, logger="jobs.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="vitpose_batch.review.evaluate"):
         assert evaluate(results_file, str(coco_data.annotation_file("coco-val-4")))["AP"] == pytest.approx(1.0)
     assert warnings_of(caplog) == []

@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
-from jobs.evaluate import METRICS, evaluate, load_ground_truth, load_results, predictions_keypoint_set
-from jobs.export import export, export_coco, label_config_path
-from jobs.label_studio import parse_image_prefix, rewrite_uri
-from jobs.output.parts import part_metadata, with_metadata, write_parquet_atomic
-from jobs.output.provenance import Provenance, create_record
+from vitpose_batch.cli import main
+from vitpose_batch.review.evaluate import METRICS, evaluate, load_ground_truth, load_results, predictions_keypoint_set
+from vitpose_batch.review.export import export, export_coco, label_config_path
+from vitpose_batch.review.label_studio import parse_image_prefix, rewrite_uri
+from vitpose_batch.output.parts import part_metadata, with_metadata, write_parquet_atomic
+from vitpose_batch.output.provenance import Provenance, create_record
 from tests.test_coco_schema import error_row, gt_rows, table_of
 from vitpose_core.keypoint_sets import COCO, get_keypoint_set
 

@@ -1,4 +1,4 @@
-"""jobs.export.export_coco and jobs.render.render on annotate OUTPUT folders built from real COCO ground truth."""
+"""vitpose_batch.review.export.export_coco and vitpose_batch.review.render.render on annotate OUTPUT folders built from real COCO ground truth."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs.export import export_coco
-from jobs.render import render
-from jobs.output.parts import write_parquet_atomic
+from vitpose_batch.review.export import export_coco
+from vitpose_batch.review.render import render
+from vitpose_batch.output.parts import write_parquet_atomic
 from tests import coco_data
 from tests.test_coco_schema import error_row, gt_rows, keypoint_ap, load_coco, table_of
 
@@ -163,7 +163,7 @@ def test_render_plain_images(tmp_path, caplog):
     missing = {**rows[0], "image_uri": str(tmp_path / "gone" / "000000000001.jpg"), "image_id": 1}
     predictions = write_output(tmp_path / "OUTPUT", [rows[:2] + [error_row("/x/broken.jpg")], [missing, rows[2]]])
     outdir = tmp_path / "renders" / "nested"
-    with caplog.at_level(logging.WARNING, logger="jobs.render"):
+    with caplog.at_level(logging.WARNING, logger="vitpose_batch.review.render"):
         paths = render(predictions, str(outdir), sample=16)
     assert len(paths) == 3 and all(Path(p).parent == outdir for p in paths)
     assert [Path(p).name for p in paths] == [Path(r["image_uri"]).stem + ".jpg" for r in rows]
@@ -182,9 +182,9 @@ def test_render_sample_is_uniformly_seeded(tmp_path):
     rows = [{"image_uri": f"/nowhere/{i:04d}.jpg", "image_id": i, "width": 4, "height": 4, "persons": [],
              "error": None} for i in range(40)]
     predictions = write_output(tmp_path / "OUTPUT", [rows[:25], rows[25:]])
-    from jobs.render import reservoir_sample
-    from jobs.output.parts import iter_part_tables as iter_prediction_tables
-    from schemas.coco import iter_prediction_rows
+    from vitpose_batch.review.render import reservoir_sample
+    from vitpose_batch.output.parts import iter_part_tables as iter_prediction_tables
+    from vitpose_batch.schemas.coco import iter_prediction_rows
 
     def picks(seed):
         return [r.image_id for r in reservoir_sample(iter_prediction_rows(iter_prediction_tables(predictions)), 5,
@@ -224,7 +224,7 @@ def test_render_tar_parquet_and_exif(tmp_path, caplog):
         {**rows[197388], "image_uri": str(rotated_path)},
     ]
     predictions = write_output(tmp_path / "OUTPUT", [table_rows])
-    with caplog.at_level(logging.WARNING, logger="jobs.render"):
+    with caplog.at_level(logging.WARNING, logger="vitpose_batch.review.render"):
         paths = render(predictions, str(tmp_path / "renders"))
     assert [Path(p).name for p in paths] == ["000000196141.jpg", "images-000-1.jpg", "000000197388.jpg"]
     assert any("ambiguous-000.parquet" in rec.getMessage() and "exactly one binary" in rec.getMessage()
@@ -241,7 +241,7 @@ def test_render_tar_parquet_and_exif(tmp_path, caplog):
 def test_export_and_render_on_s3(s3_env, tmp_path):
     import uuid
 
-    from schemas.coco import load_boxes
+    from vitpose_batch.schemas.coco import load_boxes
 
     bucket = s3_env.make_bucket(f"export-{uuid.uuid4().hex[:10]}")
     fs = fsspec.filesystem("s3")
@@ -290,9 +290,9 @@ def test_render_picks_by_score(tmp_path):
     rows = [row(i, s) for i, s in enumerate(scores)]
     rows.append({**rows[0], "image_uri": "/nowhere/none.jpg", "persons": []})  # no person: never picked
     predictions = write_output(tmp_path / "OUTPUT", [rows[:40], rows[40:]])
-    from jobs.output.parts import iter_part_tables
-    from jobs.render import scored_sample
-    from schemas.coco import iter_prediction_rows
+    from vitpose_batch.output.parts import iter_part_tables
+    from vitpose_batch.review.render import scored_sample
+    from vitpose_batch.schemas.coco import iter_prediction_rows
 
     def picked(pick: str) -> list[int]:
         return [r.image_id for r in scored_sample(iter_prediction_rows(iter_part_tables(predictions)), 3, pick)]
@@ -309,8 +309,8 @@ def test_render_picks_by_score(tmp_path):
 
 def test_render_draws_on_the_pixels_annotate_saw(tmp_path):
     """A transparent PNG: annotate composites it on white; render draws on that, not on PIL's black RGB."""
-    from jobs.decode import decode_image
-    from jobs.render import read_image
+    from vitpose_batch.pipeline.image_decoding import decode_image
+    from vitpose_batch.review.render import read_image
 
     rgba = np.zeros((64, 48, 4), np.uint8)
     rgba[16:48, 12:36] = (200, 30, 30, 255)  # an opaque red figure on a transparent page

@@ -24,14 +24,14 @@ import torch
 from PIL import Image
 
 import vitpose_core as vc
-from jobs.decode import ENCODED_SCHEMA, batch_items, decode_batch, decode_image
-from jobs.device_decode import DeviceJpeg
-from jobs.pose_worker import PoseWorker
-from schemas.coco import load_boxes
+from vitpose_batch.pipeline.image_decoding import ENCODED_SCHEMA, batch_items, decode_batch, decode_image
+from vitpose_batch.pipeline.nvjpeg import DeviceJpeg
+from vitpose_batch.pipeline.pose_worker import PoseWorker
+from vitpose_batch.schemas.coco import load_boxes
 from tests import coco_data
 from tests.checkpoint_factory import randomize_
 from tests.shared_data import shared_path
-from vitpose_core.decoding import decode_heatmaps, refine_peaks, render_gaussians
+from vitpose_core.heatmap_decoding import decode_heatmaps, refine_peaks, render_gaussians
 from vitpose_core.model import ViTPose, ViTPoseConfig
 
 pytestmark = pytest.mark.gpu

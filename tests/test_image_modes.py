@@ -2,7 +2,7 @@
 
 Each case builds a real image in the mode (from a real COCO photo, or a gradient where the mode cannot hold one),
 writes it in each format Pillow can write for that mode, checks that the file opens in that mode again, and compares
-`decode_image` with an expectation computed here, independently of jobs.decode: the photo itself for lossless
+`decode_image` with an expectation computed here, independently of vitpose_batch.pipeline.image_decoding: the photo itself for lossless
 modes, transparency composited on white by the compositing formula, wide greyscale scaled by the documented rule,
 colour spaces through their own maths. Modes no file Pillow writes opens in (HSV, I;16L, I;16N, RGBX, RGBa) go
 through `to_rgb` too.
@@ -20,8 +20,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from jobs.decode import ImageError, decode_image, decode_items, to_rgb
-from jobs.sources import ITEM_SCHEMA
+from vitpose_batch.pipeline.image_decoding import ImageError, decode_image, decode_items, to_rgb
+from vitpose_batch.pipeline.sources import ITEM_SCHEMA
 from tests.shared_data import shared_path
 
 PHOTO = "data/coco-val-4/000000000785.jpg"

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs.cli import main as cli
-from jobs.output.parts import iter_part_tables
-from jobs.render import render
-from jobs.report import report
+from vitpose_batch.cli import main as cli
+from vitpose_batch.output.parts import iter_part_tables
+from vitpose_batch.review.render import render
+from vitpose_batch.review.report import report
 from tests import coco_data
 from tests.shared_data import shared_path
 

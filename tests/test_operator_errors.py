@@ -20,13 +20,13 @@ import pytest
 import torch
 
 import vitpose_core as vc
-from jobs.cli import main as cli
-from jobs.decode import decode_image
-from jobs.sources import ITEM_SCHEMA
-from jobs.diagnostics import Diagnostics
-from jobs.output.parts import iter_part_tables
-from jobs.pose_worker import PoseWorker
-from schemas.coco import load_boxes
+from vitpose_batch.cli import main as cli
+from vitpose_batch.pipeline.image_decoding import decode_image
+from vitpose_batch.pipeline.sources import ITEM_SCHEMA
+from vitpose_batch.pipeline.diagnostics import Diagnostics
+from vitpose_batch.output.parts import iter_part_tables
+from vitpose_batch.pipeline.pose_worker import PoseWorker
+from vitpose_batch.schemas.coco import load_boxes
 from tests import coco_data
 from tests.shared_data import shared_path
 
@@ -43,7 +43,7 @@ def tiny_model(tiny_vitpose) -> str:
 def bad_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bad")
     demo = folder / "demo.pth"
-    subprocess.run([sys.executable, "-m", "jobs.demo_checkpoint", str(demo)], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "vitpose_batch.demo_checkpoint", str(demo)], cwd=ROOT, check=True,
                    capture_output=True)
     truncated = folder / "truncated.pth"
     truncated.write_bytes(demo.read_bytes()[:100_000])
@@ -82,7 +82,7 @@ def refused(capsys, *args: str) -> str:
 ])
 def test_numbers_out_of_range_are_refused_in_one_line(tmp_path, flag, value, expected):
     output = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "jobs.cli", "annotate", str(tmp_path), str(output), flag, value],
+    result = subprocess.run([sys.executable, "-m", "vitpose_batch.cli", "annotate", str(tmp_path), str(output), flag, value],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
@@ -179,7 +179,7 @@ def test_worker_reports_a_retried_batch_once(tiny_model, tmp_path, caplog):
 def test_image_too_large_says_so():
     from PIL import Image
 
-    from jobs.decode import ImageError
+    from vitpose_batch.pipeline.image_decoding import ImageError
 
     data = __import__("io").BytesIO()
     Image.new("L", (20_000, 10_000)).save(data, format="PNG")
@@ -199,11 +199,11 @@ def test_readers_exit_with_their_own_status(tmp_path):
         pq.write_table(table_of(rows[i:i + 1]), output / f"part-r-{i:06d}.parquet")
     script = (
         "import sys\n"
-        "from jobs.output.resume import scan_output\n"
-        "from jobs.output.parts import iter_part_tables\n"
-        "from jobs.export import export_coco\n"
-        "from jobs.evaluate import evaluate\n"
-        "from jobs.render import render\n"
+        "from vitpose_batch.output.resume import scan_output\n"
+        "from vitpose_batch.output.parts import iter_part_tables\n"
+        "from vitpose_batch.review.export import export_coco\n"
+        "from vitpose_batch.review.evaluate import evaluate\n"
+        "from vitpose_batch.review.render import render\n"
         "out, tmp, gt = sys.argv[1:]\n"
         "assert scan_output(out).rows == 4\n"
         "assert sum(t.num_rows for t in iter_part_tables(out)) == 4\n"
@@ -224,7 +224,7 @@ def test_readers_exit_with_their_own_status(tmp_path):
 def start(output: Path, tiny_model: str, *extra: str) -> subprocess.Popen:
     """annotate over the 80 mini-train images, committing after every batch, as the console script runs it."""
     return subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "annotate", str(coco_data.image_folder("coco-mini-train")), str(output),
+        [sys.executable, "-m", "vitpose_batch.cli", "annotate", str(coco_data.image_folder("coco-mini-train")), str(output),
          "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-mini-train")), "--batch-size", "2",
          "--commit-interval", "0", *extra],
         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -284,7 +284,7 @@ def test_secrets_never_reach_runtime_env(monkeypatch):
     """What travels to a cluster's workers through runtime_env (shown by Ray's job metadata and dashboard)."""
     import ray
 
-    from jobs import annotate
+    from vitpose_batch.pipeline import job as annotate
 
     secret = "s3cr3t-" + os.urandom(4).hex()
     env = {"AWS_ACCESS_KEY_ID": secret, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": secret,
@@ -302,7 +302,7 @@ def test_secrets_never_reach_runtime_env(monkeypatch):
 
 
 def test_summary_says_when_boxes_match_few_images(tmp_path):
-    from jobs.annotate import Summary, count_unmatched
+    from vitpose_batch.pipeline.job import Summary, count_unmatched
 
     gt = coco_data.annotation_file("coco-val-4")
     index = load_boxes(str(gt))
@@ -318,7 +318,7 @@ def test_summary_says_when_boxes_match_few_images(tmp_path):
 
 def test_compile_reaches_the_actors(tiny_model):
     """`--compile` is a speed setting: it reaches every actor's PoseEstimator and no provenance."""
-    from jobs.annotate import AnnotateOptions, settings_of
+    from vitpose_batch.pipeline.job import AnnotateOptions, settings_of
 
     compiled = PoseWorker(tiny_model, None, "cpu", None, False, None, None, 1, compile=True)
     eager = PoseWorker(tiny_model, None, "cpu", None, False, None, None, 1)

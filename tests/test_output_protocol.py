@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.output import lease as leases
-from jobs.output import parts, provenance, resume
-from jobs.output.uris import canonical_prefix, canonical_uri
-from jobs.sources import list_input, walk_local
-from schemas.predictions import PREDICTION_SCHEMA, make_table
+from vitpose_batch.output import lease as leases
+from vitpose_batch.output import parts, provenance, resume
+from vitpose_batch.files.uris import canonical_prefix, canonical_uri
+from vitpose_batch.pipeline.sources import list_input, walk_local
+from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA, make_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def test_key_set_membership_matches_a_python_set():
 def test_local_lease_refuses_a_second_run_and_passes_on_when_its_holder_dies(tmp_path):
     output = str(tmp_path / "out")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from jobs.output.lease import LocalLease; "
+        [sys.executable, "-c", "import sys, time; from vitpose_batch.output.lease import LocalLease; "
          f"LocalLease({output!r}, 'run-A').acquire(); print('held', flush=True); time.sleep(600)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

@@ -19,8 +19,8 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from jobs.cli import main as cli
-from jobs.output.parts import iter_part_tables
+from vitpose_batch.cli import main as cli
+from vitpose_batch.output.parts import iter_part_tables
 from tests import checkpoint_factory as factory
 from tests import coco_data
 from tests.shared_data import shared_path
@@ -73,7 +73,7 @@ def test_racing_runs_then_changed_settings(tmp_path, tiny_model, capsys):
     is refused with OUTPUT byte-identical."""
     images, boxes = coco_data.image_folder("coco-mini-train"), coco_data.annotation_file("coco-mini-train")
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "jobs.cli", "annotate", str(images), str(output), "--model", tiny_model,
+    command = [sys.executable, "-m", "vitpose_batch.cli", "annotate", str(images), str(output), "--model", tiny_model,
                "--boxes", str(boxes), "--batch-size", "8"]
     runs = [subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cli import main as cli
-from jobs.decode import read_bytes
-from jobs.output.parts import iter_part_tables
-from jobs.sources import list_input
+from vitpose_batch.cli import main as cli
+from vitpose_batch.pipeline.image_decoding import read_bytes
+from vitpose_batch.output.parts import iter_part_tables
+from vitpose_batch.pipeline.sources import list_input
 from tests import coco_data
 
 # Every character the issue named, in file names and in folder names.

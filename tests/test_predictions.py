@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.predictions import PREDICTION_SCHEMA, make_table, persons_column, persons_from_result
+from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA, make_table, persons_column, persons_from_result
 
 
 def result(rng, n: int, k: int = 17) -> dict:

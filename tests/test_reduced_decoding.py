@@ -11,14 +11,14 @@ import pytest
 from PIL import Image
 
 import vitpose_core as vc
-import jobs.decode
-from jobs.decode import (decode_image, decode_items, decode_reduced, detector_reduction, full_size, reduction_for,
+import vitpose_batch.pipeline.image_decoding
+from vitpose_batch.pipeline.image_decoding import (decode_image, decode_items, decode_reduced, detector_reduction, full_size, reduction_for,
                          to_full, to_reduced)
-from jobs.pose_worker import PoseWorker
-from jobs.sources import ITEM_SCHEMA
-from schemas.predictions import person_arrays
+from vitpose_batch.pipeline.pose_worker import PoseWorker
+from vitpose_batch.pipeline.sources import ITEM_SCHEMA
+from vitpose_batch.schemas.predictions import person_arrays
 from tests.shared_data import shared_path
-from schemas.coco import load_boxes
+from vitpose_batch.schemas.coco import load_boxes
 from tests import coco_data
 
 
@@ -104,18 +104,18 @@ def test_detector_run_on_a_big_photo_matches_full_decoding(big_photo, tiny_vitpo
     detector = SHARED_MODELS / "yolox_nano.onnx"
     worker = PoseWorker(tiny_vitpose, str(detector), "cpu", None, False, None, None, 2)
     decodes = []
-    original = jobs.decode.decode_reduced
+    original = vitpose_batch.pipeline.image_decoding.decode_reduced
 
     def counting(raw, reduction):
         decodes.append(reduction)
         return original(raw, reduction)
 
-    jobs.decode.decode_reduced = counting
+    vitpose_batch.pipeline.image_decoding.decode_reduced = counting
     try:
         row = worker(pa.Table.from_pylist([{"image_uri": "/photos/big.jpg", "image_id": None, "data": data}],
                                           schema=ITEM_SCHEMA)).to_pylist()[0]
     finally:
-        jobs.decode.decode_reduced = original
+        vitpose_batch.pipeline.image_decoding.decode_reduced = original
     full = decode_image(data)
     expected, _ = vc.load_detector(str(detector))([full])[0]
     got = person_arrays(row["persons"])["boxes"]

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.cli import main as cli
-from jobs.decode import decode_image
-from jobs.output.parts import iter_part_tables as iter_prediction_tables
+from vitpose_batch.cli import main as cli
+from vitpose_batch.pipeline.image_decoding import decode_image
+from vitpose_batch.output.parts import iter_part_tables as iter_prediction_tables
 from tests.coco_data import committed
-from schemas.predictions import person_arrays
+from vitpose_batch.schemas.predictions import person_arrays
 from tests import checkpoint_factory as factory
 from tests import coco_data
 from tests.ray_cluster import local_cluster
@@ -156,7 +156,7 @@ def test_object_storage_blinks_mid_run(tmp_path, tiny_model, s3_server):
     output = tmp_path / "out"
     env = dict(os.environ, **s3_server.env(), RAY_USAGE_STATS_ENABLED="0")
     job = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "annotate", f"s3://{bucket}/images", str(output), "--model", tiny_model,
+        [sys.executable, "-m", "vitpose_batch.cli", "annotate", f"s3://{bucket}/images", str(output), "--model", tiny_model,
          "--boxes", str(coco_data.annotation_file("coco-mini-train")), "--batch-size", "2",
          "--commit-interval", "0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -180,7 +180,7 @@ def test_worker_node_killed_mid_run(tmp_path, tiny_model):
     output = tmp_path / "out"
     with local_cluster(head_cpus=2, worker_cpus=[2]) as cluster:
         job = subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "annotate", str(coco_data.image_folder("coco-mini-train")),
+            [sys.executable, "-m", "vitpose_batch.cli", "annotate", str(coco_data.image_folder("coco-mini-train")),
              str(output), "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-mini-train")),
              "--batch-size", "2", "--actors", "2", "--cpus-per-actor", "1", "--ray-address", cluster.address,
              "--commit-interval", "0"],
@@ -218,7 +218,7 @@ def test_driver_memory_stays_flat(tmp_path):
         folder, boxes = corpus(n)
         probe = (
             "import sys, threading, time\n"
-            "from jobs.cli import main\n"
+            "from vitpose_batch.cli import main\n"
             "peak = [0]\n"
             "def sample():\n"
             "    while True:\n"

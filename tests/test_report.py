@@ -18,10 +18,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from jobs import report as rp
-from jobs.cli import build_parser, main as cli
-from jobs.output.parts import iter_part_tables
-from jobs.output.provenance import load_record
+from vitpose_batch.review import report as rp
+from vitpose_batch.cli import build_parser, main as cli
+from vitpose_batch.output.parts import iter_part_tables
+from vitpose_batch.output.provenance import load_record
 from tests import coco_data
 from tests.conftest import ensure_shared_ray
 
@@ -164,7 +164,7 @@ def test_report_sections_and_counts(made):
     run = next((made.output / "_runs").glob("*.json")).stem
     assert run in page and "images/s" in page
 
-    from jobs.evaluate import evaluate
+    from vitpose_batch.review.evaluate import evaluate
 
     metrics = evaluate(str(made.output), made.ground_truth)
     assert "<th>AP</th>" in page and f"<td class=n>{metrics['AP']:.3f}</td>" in page

@@ -7,7 +7,7 @@
 """
 
 from .checkpoints import CheckpointError, load_pose_model
-from .decoding import decode_heatmaps
+from .heatmap_decoding import decode_heatmaps
 from .detectors import DetectorError, load_detector
 from .devices import DeviceError
 from .drawing import draw_poses, draw_poses_from_result

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .crops import boxes_to_center_scale, normalize, warp_crops_cv2, warp_crops_torch
-from .decoding import decode_heatmaps, flip_back, rescore
+from .heatmap_decoding import decode_heatmaps, flip_back, rescore
 from .detectors import is_image
 from .devices import check_device
 from .keypoint_sets import KeypointSet, get_keypoint_set

@@ -7,7 +7,7 @@ Local file and folder names may hold any of these, so a local path never goes th
 * `file://PATH` is the local path PATH, exactly (no percent-decoding, as fsspec's own `file://` does not decode);
 * anything else (`s3://`, `gs://`, `memory://`, chained `simplecache::s3://...`) is an fsspec URL.
 
-Whether a string is a glob is its caller's decision (jobs.sources: a glob only when no such path exists).
+Whether a string is a glob is its caller's decision (vitpose_batch.pipeline.sources: a glob only when no such path exists).
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Ray Data jobs and the `vitpose-batch` command line."""

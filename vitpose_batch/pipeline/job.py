@@ -1,0 +1,482 @@
+"""The annotate job on Ray Data.
+
+    list INPUT (streamed) -> drop what OUTPUT holds -> read + decode -> detect + ViTPose (actor pool)
+              -> rows stream to the driver -> right-sized Parquet parts under OUTPUT [-> COCO results JSON]
+
+Before any work: every check, then the OUTPUT lease (one writer at a time), then the provenance check (a run with
+other settings is refused), then crash recovery and the resume scan. `vitpose_batch.output` owns that protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from vitpose_batch.pipeline.image_decoding import read_batch
+from vitpose_batch.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DETECTOR, DEFAULT_MODEL
+from vitpose_batch.pipeline import signals
+from vitpose_batch.pipeline.diagnostics import Diagnostics, DroppedBoxes
+from vitpose_batch.pipeline.progress import Progress
+from vitpose_batch.output import lease as leases
+from vitpose_batch.output import parts, provenance, resume
+from vitpose_batch.files.uris import canonical_prefix, canonical_uri
+from vitpose_batch.pipeline.pose_worker import PoseWorker
+from vitpose_batch.pipeline.sources import Listing, files_dataset, shards_dataset
+from vitpose_batch.files.storage import open_filesystem
+from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA
+
+log = logging.getLogger("vitpose_batch")
+
+# Where workers find object storage and hubs: forwarded to a cluster's workers through runtime_env, which Ray's job
+# metadata and dashboard show to anyone who can reach them, so secrets never go this way (workers read credentials
+# from their own environment: a Kubernetes Secret in the manifests).
+FORWARDED_ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST", "FSSPEC_", "GCSFS_", "HF_", "NO_GCE_CHECK",
+                          "VITPOSE_")
+SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|SESSION|AUTH", re.IGNORECASE)
+# How heatmaps become keypoints; part of every OUTPUT's provenance (PoseEstimator's defaults).
+DECODE_SETTINGS = {"crop": "udp", "padding": 1.25, "refine": "dark", "blur": "original",
+                   "blur_border": "reflect101", "jpeg_reduction": "crop- and detector-bound (longer side >= 960 px), photos of 4 MP and more"}
+RUNS = provenance.RUNS
+
+
+@dataclass
+class AnnotateOptions:
+    input: str
+    output: str
+    model: str = DEFAULT_MODEL
+    detector: str | None = DEFAULT_DETECTOR
+    boxes: str | None = None
+    image_root: str | None = None
+    image_column: str | None = None
+    flip_test: bool = False
+    dataset_index: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE  # images per actor call
+    crops_per_forward: int | None = None
+    ray_address: str | None = None
+    coco_json: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    actors: int | None = None
+    cpus_per_actor: float | None = None
+    decode_cpus: float = 0.5  # per read task before GPU actors
+    calls_per_actor: int | None = None  # batches an actor runs at once; None: 2 on GPUs, 1 on CPUs
+    read_tasks: bool | None = None  # files read by CPU tasks before the actors; None: on GPUs
+    retry_errors: bool = False
+    rows_per_file: int = parts.DEFAULT_ROWS_PER_FILE
+    commit_interval: float = parts.DEFAULT_COMMIT_INTERVAL_S
+    lease_ttl: float = leases.DEFAULT_TTL_S
+    compile: bool = False  # torch.compile in the actors (speed only: not part of the provenance)
+
+
+@dataclass
+class Summary:
+    images: int = 0
+    persons: int = 0
+    errors: int = 0
+    skipped: int = 0
+    redone: int = 0
+    recovered: int = 0
+    seconds: float = 0.0
+    files: int = 0
+    run_id: str = ""
+    dropped: DroppedBoxes = field(default_factory=DroppedBoxes)  # boxes left out, per reason, the first named
+    retried_batches: int = 0
+    images_without_boxes: int = 0
+    boxes_file: str | None = None
+    steady_crops_per_s: float | None = None  # between the first and the last batch: no start-up in it
+    extra: dict = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        rate = self.images / self.seconds if self.seconds else 0.0
+        crops = self.persons / self.seconds if self.seconds else 0.0
+        steady = f" ({self.steady_crops_per_s:.2f} crops/s after start-up)" if self.steady_crops_per_s else ""
+        redone = f", {self.redone} error rows redone" if self.redone else ""
+        recovered = f", {self.recovered} rows of a killed run recovered" if self.recovered else ""
+        lines = [
+            f"images: {self.images} ({self.skipped} already done before this run{redone}{recovered}), "
+            f"persons: {self.persons}, error rows: {self.errors}, part files: {self.files}",
+            f"time: {self.seconds:.1f} s, {rate:.2f} images/s, {crops:.2f} crops/s{steady}",
+        ]
+        lines += self.dropped.lines()
+        if self.retried_batches:
+            lines.append(f"batches retried image by image: {self.retried_batches}")
+        if self.boxes_file and self.images and self.images_without_boxes:
+            share = self.images_without_boxes / self.images
+            what = ("no image matched an entry of" if self.images_without_boxes == self.images
+                    else f"{self.images_without_boxes} of {self.images} images ({share:.0%}) are not in")
+            warning = " (are these the boxes of this INPUT?)" if share > 0.5 else ""
+            lines.append(f"boxes: {what} {self.boxes_file}, matched by file name or COCO id{warning}")
+        return lines
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def check_coco_json(opts: AnnotateOptions) -> None:
+    """`--coco-json` inside OUTPUT must be named `_*` (every other file there is a live Parquet part)."""
+    if not opts.coco_json:
+        return
+    target, folder = canonical_uri(opts.coco_json), canonical_prefix(opts.output)
+    name = target.rsplit("/", 1)[-1]
+    if target.startswith(folder.rstrip("/") + "/") and not name.startswith(("_", ".")):
+        raise ValueError(f"--coco-json {opts.coco_json} is inside OUTPUT, where every file but the Parquet parts is "
+                         f"named _* or .*: write it as {opts.output.rstrip('/')}/_{name} or outside OUTPUT")
+
+
+def settings_of(opts: AnnotateOptions, keypoint_set: str | None) -> provenance.Provenance:
+    """This run's provenance: fingerprints of the model and of the detector or boxes file (bytes are read here)."""
+    ref = provenance.canonical_ref
+    return provenance.Provenance(
+        model=ref(opts.model), model_fingerprint=provenance.fingerprint(opts.model),
+        detector=None if opts.boxes else ref(opts.detector),
+        detector_fingerprint=None if opts.boxes else provenance.fingerprint(opts.detector),
+        boxes=ref(opts.boxes), boxes_fingerprint=provenance.fingerprint(opts.boxes),
+        flip_test=opts.flip_test, dataset_index=opts.dataset_index, dtype=opts.dtype or "fp32",
+        decode=dict(DECODE_SETTINGS), keypoint_set=keypoint_set,
+    )
+
+
+def run_annotate(opts: AnnotateOptions) -> Summary:
+    """Run the whole job; raises a ValueError subclass with a one-line message when it cannot run."""
+    from vitpose_batch.pipeline.preflight import check_device, check_run
+
+    # Every check comes before OUTPUT is touched: a refused run leaves OUTPUT byte-identical.
+    checked = check_run(opts)
+    listing, box_index, keypoint_set = checked.listing, checked.box_index, checked.keypoint_set
+    check_coco_json(opts)
+    wanted = settings_of(opts, keypoint_set.name)
+    record = provenance.load_record(opts.output)
+    if record is not None:
+        provenance.check_settings(opts.output, record, wanted)
+    address = opts.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        connect(address)  # joining a cluster is no work yet, and it tells whether the GPUs asked for exist
+    check_device(opts.device, address)
+
+    run_id = new_run_id()
+    try:
+        lease = leases.make_lease(opts.output, run_id, opts.lease_ttl)
+        lease.acquire()
+    except leases.LeaseHeld:
+        raise
+    except Exception as exc:  # noqa: BLE001 - permission, missing bucket, bad URL: one answer
+        from vitpose_core.hub import one_line
+
+        raise ValueError(f"output {opts.output!r} is not writable: {one_line(exc)}") from None
+    started = time.time()
+    summary = Summary(run_id=run_id)
+    try:
+        # under the lease: the record cannot change between this check and the first commit
+        record = provenance.load_record(opts.output)
+        if record is None:
+            record = provenance.create_record(opts.output, wanted)
+        else:
+            provenance.check_settings(opts.output, record, wanted)
+            record = provenance.upgrade_record(opts.output, record, wanted)
+        version = provenance.package_version()
+        if record.get("created_by") not in (version, None):
+            log.warning("%s was created by vitpose-batch %s; this run is %s (recorded per run in %s/)",
+                        opts.output, record.get("created_by"), version, RUNS)
+        mark_dead_runs(opts.output)
+        write_run_record(opts, run_id, "running", started, summary)
+        summary.recovered = parts.recover_staging(opts.output)
+        metadata = parts.part_metadata(wanted.as_dict(), keypoint_set.keypoint_names, keypoint_set.name, version,
+                                       run_id)
+        execute(opts, listing, box_index, lease, metadata, summary)
+        summary.seconds = time.time() - started
+        write_run_record(opts, run_id, "complete", started, summary)
+    except BaseException as exc:
+        summary.seconds = time.time() - started
+        status = "stopped" if isinstance(exc, (signals.Stopped, KeyboardInterrupt)) else "failed"
+        if isinstance(exc, signals.Stopped):
+            exc.summary = summary
+        try:
+            write_run_record(opts, run_id, status, started, summary, error=str(exc)[:500])
+        except Exception:  # noqa: BLE001 - the original failure is the one to report
+            pass
+        raise
+    finally:
+        lease.release()
+    if opts.coco_json:  # on every run, also when nothing was left to do: a re-run completes a failed export
+        from vitpose_batch.review.export import export_coco
+
+        summary.extra["coco_json"] = export_coco(opts.output, opts.coco_json, fmt="results")
+    return summary
+
+
+def execute(opts: AnnotateOptions, listing: Listing, box_index, lease, metadata: dict, summary: Summary) -> None:
+    """Resume scan, then the Ray pipeline; rows stream into a PartWriter. Fills `summary`."""
+    import ray
+
+    state = resume.scan_output(opts.output, retry_all_errors=opts.retry_errors)
+    plan = resume.ResumePlan()
+    if box_index is not None:
+        summary.boxes_file = opts.boxes
+        for box in box_index.dropped:
+            summary.dropped.add(box["reason"], box["image"], box["bbox"], where=box["where"])
+    new_items = listed_work(opts, listing, state, plan, box_index, summary)
+    if new_items is None:
+        return
+    started_here = not ray.is_initialized() and not (opts.ray_address or os.environ.get("RAY_ADDRESS"))
+    connect(opts.ray_address)
+    try:
+        items = input_dataset(opts, listing, new_items, state, plan)
+        # the listing is consumed: the error rows about to be redone leave their parts before any new row lands
+        summary.redone = resume.drop_redone_rows(opts.output, plan.redo)
+        summary.skipped = plan.already_done if listing.kind == "files" else state.rows - summary.redone
+        rows = pose_rows(opts, items, box_index)
+        write_rows(opts, rows, lease, metadata, plan.new if listing.kind == "files" else None, summary)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def listed_work(opts, listing: Listing, state, plan, box_index, summary: Summary):
+    """The listing's new images as a stream of chunks (shards: an empty stream), or None when nothing is left."""
+    if listing.kind != "files":
+        return iter(())
+    new_items = resume.filter_listing(listing.chunks(), state, plan)
+    if box_index is not None:
+        new_items = count_unmatched(new_items, box_index, summary)
+    first = next(new_items, None)
+    if first is None and not listing.shards:  # the walk is over: it found every shard there is
+        summary.skipped = plan.already_done
+        log.info("every image of %s is already in %s: nothing to do", opts.input, opts.output)
+        return None
+    return _chain(first, new_items) if first is not None else iter(())
+
+
+def input_dataset(opts, listing: Listing, new_items, state, plan):
+    """The images to label as a Ray Dataset: new files, and shard members OUTPUT lacks (filtered by the workers)."""
+    items = files_dataset(new_items, opts.batch_size) if listing.kind == "files" else None
+    if listing.shards:  # shard INPUT, or .tar shards found beside loose images (known once the walk is done)
+        from vitpose_batch.schemas.coco import split_image_uri
+
+        shards = set(listing.shards)
+        plan.redo.update({k: v for k, v in state.redo_candidates.items() if split_image_uri(v[0])[0] in shards})
+        members = shards_dataset("parquet" if listing.kind == "parquet" else "tar", listing.shards,
+                                 finished=state.finished.without(_keys(plan.redo)), image_column=opts.image_column,
+                                 image_root=opts.image_root)
+        items = members if items is None else items.union(members)
+    return items
+
+
+def pose_rows(opts: AnnotateOptions, items, box_index):
+    """Detection and ViTPose on an actor pool sized to the cluster (see plan_actors): a Dataset of rows."""
+    import ray
+
+    resources = ray.cluster_resources()
+    device = ("cuda" if resources.get("GPU", 0) else "cpu") if opts.device == "auto" else opts.device
+    actors, actor_cpus, threads = plan_actors(resources, device, opts)
+    gpu = device.startswith("cuda")
+    if opts.read_tasks if opts.read_tasks is not None else gpu:
+        # CPU tasks read the files, so the GPU never waits on storage; encoded bytes, not pixels, cross the object
+        # store. CPU actors read for themselves: there the actors are the compute, and tasks beside them preempt
+        # torch's threads (2 cores: +40% per batch, measured).
+        items = items.map_batches(read_batch, batch_size=opts.batch_size, batch_format="pyarrow",
+                                  num_cpus=opts.decode_cpus)
+    calls = opts.calls_per_actor or (2 if gpu else 1)
+    return items.map_batches(
+        PoseWorker,
+        fn_constructor_kwargs={
+            "model": opts.model, "detector": None if opts.boxes else opts.detector, "device": device,
+            "dtype": opts.dtype, "flip_test": opts.flip_test, "dataset_index": opts.dataset_index,
+            "crops_per_forward": opts.crops_per_forward, "threads": threads, "boxes": box_index,
+            "compile": opts.compile,
+        },
+        batch_size=opts.batch_size,
+        batch_format="pyarrow",
+        compute=actor_pool(actors, calls),
+        num_cpus=actor_cpus,
+        num_gpus=1 if gpu else 0,
+        # Ray Data's actor pools restart a dead actor and re-run its batch (max_restarts / max_task_retries -1).
+    )
+
+
+def actor_pool(actors: int, calls: int):
+    """Up to `actors` actors, each running `calls` batches at once (threads): with 2, one batch's host work
+    overlaps the other's GPU work."""
+    import ray.data
+
+    if calls > 1:
+        try:
+            return ray.data.ActorPoolStrategy(min_size=1, max_size=actors, max_concurrent_calls_per_actor=calls,
+                                              enable_true_multi_threading=True)
+        except TypeError:  # a Ray without threaded UDF calls: one at a time
+            pass
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=actors)
+
+
+def write_rows(opts: AnnotateOptions, rows, lease, metadata: dict, total: int | None, summary: Summary) -> None:
+    """Stream the rows to the driver and commit them (vitpose_batch.output.parts); the run's counts into `summary`."""
+    diagnostics = Diagnostics(summary.dropped)
+    progress = Progress(total)
+    writer = parts.PartWriter(opts.output, summary.run_id, PREDICTION_SCHEMA, metadata,
+                              rows_per_file=opts.rows_per_file, commit_interval=opts.commit_interval,
+                              check=lease.check)
+    try:
+        for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.add(diagnostics.take(batch))
+            progress.update(batch.num_rows)
+        writer.close()
+    except leases.LeaseLost:
+        raise  # another run owns OUTPUT now: write nothing more
+    except BaseException:
+        try:
+            writer.close()  # the rows that arrived are good rows: commit them as the run's last part
+        except BaseException:
+            writer.abort()  # or at least to _staging/, where the next run folds them in
+        raise
+    finally:
+        progress.close()
+        for key in ("images", "persons", "errors", "files"):
+            setattr(summary, key, writer.totals[key])
+        summary.retried_batches = diagnostics.retried_batches
+    arrivals = writer.arrivals
+    if len(arrivals) > 2 and arrivals[-1][0] > arrivals[0][0]:
+        later = sum(persons for _, persons in arrivals[1:])
+        summary.steady_crops_per_s = later / (arrivals[-1][0] - arrivals[0][0])
+
+
+def count_unmatched(chunks, box_index, summary: Summary):
+    """Pass listing chunks through, counting the images the boxes file does not know (summary.images_without_boxes)."""
+    for chunk in chunks:
+        for uri, image_id in zip(chunk.column("image_uri").to_pylist(), chunk.column("image_id").to_pylist()):
+            summary.images_without_boxes += not box_index.knows(file_name=box_index.name_for(uri), image_id=image_id)
+        yield chunk
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _keys(redo: dict[bytes, tuple[str, str]]):
+    import numpy as np
+
+    if not redo:
+        return np.zeros((0, 2), np.uint64)
+    return np.frombuffer(b"".join(redo), dtype=np.uint64).reshape(-1, 2)
+
+
+def mark_dead_runs(output: str) -> None:
+    """Runs recorded as running while we hold the lease died without a word (SIGKILL, lost node): say so."""
+    fs, folder = open_filesystem(output)
+    for path, record in provenance.read_run_records(fs, folder):
+        if record is not None and record.get("status") == "running":
+            record.update(status="killed", ended=None)
+            fs.pipe_file(path, json.dumps(record, indent=2).encode())
+
+
+def write_run_record(opts: AnnotateOptions, run_id: str, status: str, started: float, summary: Summary,
+                     error: str | None = None) -> None:
+    """`_runs/<run>.json`: who ran, with which package version and input, how it ended."""
+    fs, folder = open_filesystem(opts.output)
+    record = {
+        "run_id": run_id, "status": status, "version": provenance.package_version(), "input": opts.input,
+        "host": socket.gethostname(), "pid": os.getpid(), "started": started,
+        "ended": None if status == "running" else time.time(), "images": summary.images,
+        "persons": summary.persons, "errors": summary.errors, "skipped": summary.skipped,
+        "redone": summary.redone, "recovered": summary.recovered, "files": summary.files, "error": error,
+        "retry_errors": opts.retry_errors, "dropped_boxes": summary.dropped.record(),
+        "image_column": opts.image_column, "image_root": opts.image_root,  # how render and report read shard rows
+    }
+    fs.makedirs(f"{folder}/{RUNS}", exist_ok=True)
+    fs.pipe_file(f"{folder}/{RUNS}/{run_id}.json", json.dumps(record, indent=2).encode())
+
+
+def quiet_ray() -> None:
+    """Ray's own chatter off the user's terminal: the job prints its progress, summary and workers' warnings."""
+    import ray.data
+
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the driver's native core worker logs to stderr
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours count images, not blocks
+    for name in ["ray", "ray.data", *logging.root.manager.loggerDict]:
+        if name == "ray" or name.startswith("ray."):
+            # token auth is on, as it should be; progress is ours
+            quiet = "authentication" in name or "progress" in name
+            logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.WARNING)
+
+
+# What Ray's native core worker prints at start whatever its log level (it announces that level at INFO).
+NATIVE_NOISE = re.compile(r"logging\.cc:\d+: Set ray log level from environment variable")
+
+
+@contextlib.contextmanager
+def native_noise_dropped():
+    """Around ray.init: the driver's native stderr (fd 2) goes through a file, and every line but NATIVE_NOISE comes
+    back to the terminal afterwards, so a real native error still shows."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no fd 2 to redirect (an embedded interpreter): leave it alone
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines()
+                    if not NATIVE_NOISE.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+def worker_env(environ: dict[str, str]) -> dict[str, str]:
+    """The part of `environ` a cluster's workers get through runtime_env: endpoints and options, never secrets."""
+    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and not SECRET_NAME.search(k)}
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS); otherwise start Ray in this process. A process already
+    connected (a library user's, or a test's earlier run) stays connected."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet_ray()
+    address = address or os.environ.get("RAY_ADDRESS")
+    with native_noise_dropped():
+        if address:
+            env = worker_env(dict(os.environ))
+            ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=False)
+        else:
+            # In-process Ray: its workers inherit this process's environment, nothing to forward. Loopback only.
+            ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    quiet_ray()  # again: ray.init configures loggers of its own
+    signals.reinstall()
+
+
+def plan_actors(resources: dict, device: str, opts: AnnotateOptions) -> tuple[int, float, int | None]:
+    """(pool size, CPUs per actor, torch threads per actor) that leave the read/decode tasks CPU to run on.
+
+    On GPUs: one actor per GPU, with up to 4 CPUs each (its decode threads) while a CPU per GPU stays for the read
+    tasks. On CPUs: actors never take every CPU of the cluster -- a pool that
+    holds them all starves the read tasks and the job hangs without an error -- so one CPU stays for reading and
+    decoding, and the actors' torch threads use what they were given.
+    """
+    cpus = resources.get("CPU", 1)
+    if device.startswith("cuda"):
+        actors = opts.actors or max(1, int(resources.get("GPU", 1)))
+        per_actor = opts.cpus_per_actor or float(max(1, min(4, int(cpus // actors) - 1)))
+        return actors, per_actor, max(1, int(per_actor))
+    per_actor = opts.cpus_per_actor or (max(1.0, cpus - 1.0) if cpus <= 9 else 8.0)
+    budget = max(per_actor, cpus - 1.0)  # keep one CPU for reading and decoding
+    actors = opts.actors or max(1, int(budget // per_actor))
+    # On a 2-core machine the actor is granted 1 CPU but the decode tasks are light: let torch use both cores.
+    threads = max(1, int(per_actor) + (1 if cpus <= 2 else 0))
+    return actors, per_actor, threads

@@ -1,0 +1,294 @@
+"""`vitpose-batch export` / `export-coco`: an annotate OUTPUT -> COCO keypoint results, a COCO keypoints dataset or
+Label Studio import tasks.
+
+The prediction part files are streamed one at a time (`vitpose_batch.output.parts.iter_part_tables`) and the JSON is written
+as it is produced (see `vitpose_batch.schemas.coco` for how each format streams). Local outputs are written to a temporary name
+in the destination folder and renamed at the end, so a reader never sees half a file; other filesystems get one
+upload that only becomes visible when it completes.
+
+Pseudo-labels (`coco-dataset`, `label-studio`) are OKS-NMS'd per image first, as ViTPose's evaluation does
+(`vitpose_batch.review.oks.oks_nms`: best person score first, OKS with the sigmas of the OUTPUT's keypoint set and the padded
+person box areas, threshold 0.9 by default), so a person found twice becomes one label to review. `coco-results`
+stays as predicted: it is what `evaluate` reads, and evaluate applies that NMS itself.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import fsspec
+import fsspec.spec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vitpose_batch.review.label_studio import KEYPOINT_THRESHOLD, label_config, label_studio_tasks
+from vitpose_batch.output.parts import PART_SUFFIX, iter_part_tables, list_part_files, predictions_files
+from vitpose_batch.review.oks import OKS_THRESHOLD, oks_nms, padded_box_areas
+from vitpose_batch.output.provenance import load_record
+from vitpose_batch.files.storage import is_local, open_filesystem
+from vitpose_batch.schemas.coco import ExportStats, coco_results, iter_prediction_rows, write_coco_dataset, write_json_stream
+from vitpose_core.keypoint_sets import AIC, COCO, COCO_WHOLEBODY, MPII, KeypointSet, get_keypoint_set
+
+FORMATS = ("results", "dataset")
+EXPORT_FORMATS = ("coco-results", "coco-dataset", "label-studio")
+# Parts written before they carried their keypoint set: the set is inferred from the keypoint count (17 reads as
+# COCO: an AP-10K / APT-36K OUTPUT that old cannot be told from it).
+SETS_BY_COUNT = {ks.num_keypoints: ks for ks in (COCO, COCO_WHOLEBODY, MPII, AIC)}
+
+
+def _abandon(fs: Any, handle: Any, target: str) -> None:
+    """Leave nothing behind after a failed write: no half upload becomes visible, no temporary file stays."""
+    try:
+        if isinstance(handle, fsspec.spec.AbstractBufferedFile):
+            handle.discard()  # object stores: abort a multipart upload
+            handle.closed = True  # and skip the final flush that would publish what was written so far
+        else:
+            handle.close()
+            if fs.exists(target):
+                fs.rm(target)
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
+
+
+def write_atomically(output: str, write: Callable[[Any], Any]) -> None:
+    """Call `write(handle)` with a binary handle on `output` (local path or fsspec URL); readers see the whole file
+    or, when `write` raises, nothing (see the module docstring)."""
+    fs, path = open_filesystem(output)
+    local = is_local(fs)
+    if local:
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        target = f"{path}.{uuid.uuid4().hex}.tmp"
+    else:
+        target = path
+    handle = fs.open(target, "wb")
+    try:
+        write(handle)
+    except BaseException:
+        _abandon(fs, handle, target)
+        raise
+    handle.close()
+    if local:
+        fs.mv(target, path)
+
+
+def check_predictions(predictions: str) -> None:
+    """One-line ValueError unless `predictions` is a .parquet file or a folder/prefix holding committed part files."""
+    fs, path = open_filesystem(predictions)
+    if path.endswith(PART_SUFFIX) and fs.isfile(path):
+        return
+    if not fs.exists(path):
+        raise ValueError(f"predictions {predictions} do not exist")
+    if fs.isfile(path):
+        raise ValueError(f"predictions {predictions} is a file but not a .parquet file")
+    if not list_part_files(fs, path):
+        raise ValueError(f"predictions {predictions} hold no part-*{PART_SUFFIX} files (is it an annotate OUTPUT?)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What made the rows: keypoint set and model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def part_metadata_of(predictions: str) -> dict[str, str]:
+    """The `vitpose.*` Parquet schema metadata of the first part file of `predictions` ({} when it has none)."""
+    fs, _, files = predictions_files(predictions)
+    if not files:
+        return {}
+    with fs.open(files[0], "rb") as handle:
+        raw = pq.ParquetFile(handle).schema_arrow.metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"vitpose.")}
+
+
+def set_for_count(num_keypoints: int) -> KeypointSet:
+    """The keypoint set a bare keypoint count stands for (see SETS_BY_COUNT); ValueError for unknown counts."""
+    if num_keypoints not in SETS_BY_COUNT:
+        known = ", ".join(f"{k} ({ks.name})" for k, ks in sorted(SETS_BY_COUNT.items()))
+        raise ValueError(f"no known keypoint set has {num_keypoints} keypoints (known: {known})")
+    return SETS_BY_COUNT[num_keypoints]
+
+
+def output_keypoint_set(predictions: str) -> KeypointSet:
+    """The keypoint set of an annotate OUTPUT (or one .parquet file): its parts' `vitpose.keypoint_set` metadata;
+    for parts written without it, the set of the first person's keypoint count; COCO when there are no persons."""
+    name = part_metadata_of(predictions).get("vitpose.keypoint_set")
+    if name:
+        return get_keypoint_set(name)
+    for table in iter_part_tables(predictions, columns=["persons"]):
+        persons = pc.list_flatten(table.column("persons"))
+        if len(persons):
+            values = pc.list_value_length(pc.struct_field(persons, "keypoints"))[0].as_py()
+            if values % 3:
+                raise ValueError(f"predictions {predictions}: a person has {values} keypoint values, not a "
+                                 "multiple of 3")
+            return set_for_count(values // 3)
+    return COCO
+
+
+def model_version(predictions: str) -> str:
+    """`<model ref> (vitpose-batch <version>)`: the model and package that made the rows, from the parts' metadata,
+    else OUTPUT's `_job.json`."""
+    metadata = part_metadata_of(predictions)
+    model = json.loads(metadata.get("vitpose.provenance") or "{}").get("model")
+    version = metadata.get("vitpose.version")
+    if not (model and version) and not predictions.endswith(PART_SUFFIX):
+        record = load_record(predictions) or {}
+        model = model or (record.get("settings") or {}).get("model") or record.get("model")
+        version = version or record.get("created_by")
+    return f"{model or 'unknown model'} (vitpose-batch {version or 'unknown'})"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# OKS-NMS of the persons of each row
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def kept_persons(keypoints: Sequence[np.ndarray], scores: np.ndarray, boxes: np.ndarray, sigmas: np.ndarray,
+                 threshold: float) -> np.ndarray:
+    """Boolean mask of the persons of one image that ViTPose's OKS-NMS keeps (see the module docstring)."""
+    keep = np.ones(len(scores), bool)
+    if len(scores) < 2:
+        return keep
+    poses = np.stack(keypoints).astype(np.float64)  # (n, K, 3); K was checked against the set by the caller
+    kept = oks_nms(poses, np.asarray(scores, np.float64), padded_box_areas(np.asarray(boxes, np.float32)),
+                   sigmas, threshold)
+    keep[:] = False
+    keep[kept] = True
+    return keep
+
+
+def _filter_persons(table: pa.Table, keep: np.ndarray) -> pa.Table:
+    """`table` with only the persons whose entry in `keep` (one per person, in row order) is true."""
+    persons = table.column("persons").combine_chunks()
+    counts = pc.list_value_length(persons).to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(len(counts)), counts)
+    kept_counts = np.bincount(rows[keep], minlength=len(counts))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(kept_counts)]).astype(np.int32))
+    filtered = pa.ListArray.from_arrays(offsets, persons.flatten().filter(pa.array(keep)), type=persons.type)
+    index = table.schema.get_field_index("persons")
+    return table.set_column(index, table.schema.field(index), filtered)
+
+
+def oks_nms_tables(tables: Iterable[pa.Table], keypoint_set: KeypointSet, threshold: float,
+                   counts: dict[str, int] | None = None) -> Iterator[pa.Table]:
+    """The tables with the persons of each row OKS-NMS'd (`keypoint_set`'s sigmas); `counts["persons_suppressed"]`
+    adds up the persons dropped."""
+    sigmas = np.asarray(keypoint_set.sigmas, np.float64)
+    counts = counts if counts is not None else {}
+    counts.setdefault("persons_suppressed", 0)
+    for table in tables:
+        masks = []
+        for row in iter_prediction_rows([table]):
+            for keypoints in row.keypoints:
+                if len(keypoints) != keypoint_set.num_keypoints:
+                    raise ValueError(f"{row.image_uri}: a person has {len(keypoints)} keypoints, the output's "
+                                     f"keypoint set {keypoint_set.name} has {keypoint_set.num_keypoints}")
+            masks.append(kept_persons(row.keypoints, row.scores, row.boxes, sigmas, threshold))
+        keep = np.concatenate(masks) if masks else np.zeros(0, bool)
+        counts["persons_suppressed"] += int((~keep).sum())
+        yield table if keep.all() else _filter_persons(table, keep)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Exports
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def export_coco(
+    predictions: str,
+    output_json: str,
+    fmt: str = "results",
+    min_person_score: float = 0.0,
+    min_keypoint_score: float = 0.0,
+) -> dict[str, Any]:
+    """Write the predictions under `predictions` (an annotate OUTPUT folder/prefix or one .parquet file) to
+    `output_json` (local path or fsspec URL) as COCO keypoint `results` or a COCO keypoints `dataset`.
+
+    min_person_score drops persons scored below it (both formats); min_keypoint_score only applies to `dataset`
+    (keypoints below it become unlabelled 0,0,0; results keep every keypoint with its score).
+
+    Returns `ExportStats.as_dict()` plus `format` and `output`: images, persons (written), rows, skipped_error,
+    skipped_no_image_id (results only: such rows cannot be named in a results file), skipped_duplicate_image_id,
+    persons_below_score, keypoints_unlabelled and assigned_image_ids (dataset only).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_predictions(predictions)
+    return _export_coco(predictions, output_json, fmt, min_person_score, min_keypoint_score, oks_nms=None)
+
+
+def _export_coco(predictions: str, output_json: str, fmt: str, min_person_score: float, min_keypoint_score: float,
+                 oks_nms: float | None) -> dict[str, Any]:
+    stats = ExportStats()
+    counts: dict[str, int] = {}
+    tables = iter_part_tables(predictions)
+    if fmt == "results":
+        write_atomically(output_json, lambda handle: write_json_stream(
+            coco_results(tables, min_person_score=min_person_score, stats=stats), handle))
+    else:
+        keypoint_set = output_keypoint_set(predictions)
+        if oks_nms is not None:
+            tables = oks_nms_tables(tables, keypoint_set, oks_nms, counts)
+        write_atomically(output_json, lambda handle: write_coco_dataset(
+            tables, handle, min_person_score=min_person_score, min_keypoint_score=min_keypoint_score,
+            keypoint_set=keypoint_set, stats=stats))
+    return {**stats.as_dict(), **counts, "format": fmt, "output": output_json}
+
+
+def label_config_path(output: str) -> str:
+    """Where the labeling config of a Label Studio export goes: `<OUTPUT without extension>.label_config.xml`."""
+    stem, _ = posixpath.splitext(output)
+    return f"{stem}.label_config.xml"
+
+
+def export(
+    predictions: str,
+    output: str,
+    fmt: str,
+    min_person_score: float = 0.0,
+    keypoint_threshold: float = KEYPOINT_THRESHOLD,
+    oks_nms: float | None = OKS_THRESHOLD,
+    image_prefixes: Sequence[tuple[str, str]] = (),
+    skip_errors: bool = False,
+) -> dict[str, Any]:
+    """Write an annotate OUTPUT (or one .parquet file) to `output` as `coco-results`, `coco-dataset` or
+    `label-studio` (see `vitpose_batch.review.label_studio`; its labeling config goes to `label_config_path(output)`).
+
+    min_person_score: persons scored below are left out (every format). keypoint_threshold: keypoints scored below
+    are left out (label-studio) or written unlabelled as (0, 0, 0) (coco-dataset); coco-results keeps every keypoint
+    with its score. oks_nms: the OKS threshold of the per-image NMS of coco-dataset and label-studio, None for none.
+    A coco-dataset annotation's `area` is its person box's w*h (what a detector gave; the keypoints' extent would
+    shrink with every unlabelled keypoint). image_prefixes, skip_errors: label-studio only (see
+    `vitpose_batch.review.label_studio.label_studio_tasks`).
+
+    Returns the export's counts plus `format` and `output` (and `label_config` for label-studio).
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    check_predictions(predictions)
+    if fmt != "label-studio":
+        return _export_coco(predictions, output, fmt.removeprefix("coco-"), min_person_score, keypoint_threshold,
+                            oks_nms if fmt == "coco-dataset" else None)
+    keypoint_set = output_keypoint_set(predictions)
+    counts: dict[str, int] = {}
+    tables = iter_part_tables(predictions)
+    if oks_nms is not None:
+        tables = oks_nms_tables(tables, keypoint_set, oks_nms, counts)
+    # animals (AP-10K, APT-36K) get an "animal" box; the human sets a "person" one
+    box_label = "animal" if keypoint_set.name in ("ap10k", "apt36k") else "person"
+    tasks = label_studio_tasks(iter_prediction_rows(tables), keypoint_set.keypoint_names, model_version(predictions),
+                               keypoint_threshold=keypoint_threshold, min_person_score=min_person_score,
+                               image_prefixes=image_prefixes, skip_errors=skip_errors, box_label=box_label,
+                               counts=counts)
+    write_atomically(output, lambda handle: write_json_stream(tasks, handle))
+    config = label_config_path(output)
+    xml = label_config(keypoint_set.keypoint_names, box_label)
+    write_atomically(config, lambda handle: handle.write(xml.encode("utf-8")))
+    return {**counts, "format": fmt, "output": output, "label_config": config}
