@@ -187,7 +187,7 @@ def test_thousands_of_crops_in_one_call():
     heatmaps, boxes, points = noisy_gaussians(1200, seed=4)
     heatmaps = render_gaussians(points, HEATMAP_HW)  # clean maps: the decoded point is the rendered one
     keypoints, _ = vc.decode_heatmaps(heatmaps, boxes)
-    center, size = vc.decoding.boxes_to_center_scale(boxes, aspect_ratio=48 / 64)
+    center, size = vc.heatmap_decoding.boxes_to_center_scale(boxes, aspect_ratio=48 / 64)
     truth = points * (size / np.array([47.0, 63.0]))[:, None] + (center - size / 2)[:, None]
     step = size.max(axis=1) / 47.0  # image pixels per heatmap pixel
     error_in_heatmap_px = np.linalg.norm(keypoints - truth, axis=-1) / step[:, None]
