@@ -17,3 +17,22 @@ Importing this package imports nothing heavy: `vitpose-batch --help` stays insta
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+# The Python API, imported on first use (Ray, torch and pyarrow load only then).
+_API = {
+    "estimate_poses": "vitpose_batch.pipeline.pose_stage",
+    "StageError": "vitpose_batch.pipeline.pose_stage",
+    "write_output": "vitpose_batch.output.datasets",
+    "read_output": "vitpose_batch.output.datasets",
+    "OutputRowsError": "vitpose_batch.output.datasets",
+    "WriteSummary": "vitpose_batch.output.datasets",
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'vitpose_batch' has no attribute {name!r}")

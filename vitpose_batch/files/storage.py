@@ -37,3 +37,12 @@ def protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocols(fs)
+
+
+def arrow_filesystem(fs: fsspec.AbstractFileSystem):
+    """pyarrow view of an fsspec filesystem, so Ray's readers use the same credentials and endpoints."""
+    from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+    if is_local(fs):
+        return LocalFileSystem()
+    return PyFileSystem(FSSpecHandler(fs))

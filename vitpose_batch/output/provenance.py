@@ -28,6 +28,10 @@ from vitpose_core.hub import HUB_ID, local_path
 log = logging.getLogger("vitpose_batch")
 
 JOB_RECORD = "_job.json"
+# How images and heatmaps were decoded: the crop geometry, DARK and its blur (PoseEstimator's defaults), and how far
+# large JPEGs were reduced; part of every OUTPUT's provenance (recorded as its "decode" setting).
+DECODING = {"crop": "udp", "padding": 1.25, "refine": "dark", "blur": "original", "blur_border": "reflect101",
+            "jpeg_reduction": "crop- and detector-bound (longer side >= 960 px), photos of 4 MP and more"}
 RUNS = "_runs"  # one `<run id>.json` per run: who ran, with which version and input, how it ended
 RECORD_FORMAT = 2
 # files of a model / detector folder whose bytes decide what it computes

@@ -14,24 +14,22 @@ import json
 import logging
 import os
 import re
-import socket
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 
-from vitpose_batch.pipeline.image_decoding import read_batch
 from vitpose_batch.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DETECTOR, DEFAULT_MODEL
+from vitpose_batch.files.storage import open_filesystem
+from vitpose_batch.files.uris import canonical_prefix, canonical_uri
+from vitpose_batch.output import lease as leases
+from vitpose_batch.output import parts, provenance, resume, runs
 from vitpose_batch.pipeline import signals
 from vitpose_batch.pipeline.diagnostics import Diagnostics, DroppedBoxes
-from vitpose_batch.pipeline.progress import Progress
-from vitpose_batch.output import lease as leases
-from vitpose_batch.output import parts, provenance, resume
-from vitpose_batch.files.uris import canonical_prefix, canonical_uri
+from vitpose_batch.pipeline.image_decoding import read_batch
 from vitpose_batch.pipeline.pose_worker import PoseWorker
+from vitpose_batch.pipeline.progress import Progress
 from vitpose_batch.pipeline.sources import Listing, files_dataset, shards_dataset
-from vitpose_batch.files.storage import open_filesystem
 from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA
 
 log = logging.getLogger("vitpose_batch")
@@ -42,9 +40,6 @@ log = logging.getLogger("vitpose_batch")
 FORWARDED_ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST", "FSSPEC_", "GCSFS_", "HF_", "NO_GCE_CHECK",
                           "VITPOSE_")
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|SESSION|AUTH", re.IGNORECASE)
-# How heatmaps become keypoints; part of every OUTPUT's provenance (PoseEstimator's defaults).
-DECODE_SETTINGS = {"crop": "udp", "padding": 1.25, "refine": "dark", "blur": "original",
-                   "blur_border": "reflect101", "jpeg_reduction": "crop- and detector-bound (longer side >= 960 px), photos of 4 MP and more"}
 RUNS = provenance.RUNS
 
 
@@ -118,10 +113,6 @@ class Summary:
         return lines
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-
-
 def check_coco_json(opts: AnnotateOptions) -> None:
     """`--coco-json` inside OUTPUT must be named `_*` (every other file there is a live Parquet part)."""
     if not opts.coco_json:
@@ -142,7 +133,7 @@ def settings_of(opts: AnnotateOptions, keypoint_set: str | None) -> provenance.P
         detector_fingerprint=None if opts.boxes else provenance.fingerprint(opts.detector),
         boxes=ref(opts.boxes), boxes_fingerprint=provenance.fingerprint(opts.boxes),
         flip_test=opts.flip_test, dataset_index=opts.dataset_index, dtype=opts.dtype or "fp32",
-        decode=dict(DECODE_SETTINGS), keypoint_set=keypoint_set,
+        decode=dict(provenance.DECODING), keypoint_set=keypoint_set,
     )
 
 
@@ -163,7 +154,7 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
         connect(address)  # joining a cluster is no work yet, and it tells whether the GPUs asked for exist
     check_device(opts.device, address)
 
-    run_id = new_run_id()
+    run_id = runs.new_run_id()
     try:
         lease = leases.make_lease(opts.output, run_id, opts.lease_ttl)
         lease.acquire()
@@ -380,19 +371,12 @@ def mark_dead_runs(output: str) -> None:
 
 def write_run_record(opts: AnnotateOptions, run_id: str, status: str, started: float, summary: Summary,
                      error: str | None = None) -> None:
-    """`_runs/<run>.json`: who ran, with which package version and input, how it ended."""
-    fs, folder = open_filesystem(opts.output)
-    record = {
-        "run_id": run_id, "status": status, "version": provenance.package_version(), "input": opts.input,
-        "host": socket.gethostname(), "pid": os.getpid(), "started": started,
-        "ended": None if status == "running" else time.time(), "images": summary.images,
-        "persons": summary.persons, "errors": summary.errors, "skipped": summary.skipped,
-        "redone": summary.redone, "recovered": summary.recovered, "files": summary.files, "error": error,
-        "retry_errors": opts.retry_errors, "dropped_boxes": summary.dropped.record(),
-        "image_column": opts.image_column, "image_root": opts.image_root,  # how render and report read shard rows
-    }
-    fs.makedirs(f"{folder}/{RUNS}", exist_ok=True)
-    fs.pipe_file(f"{folder}/{RUNS}/{run_id}.json", json.dumps(record, indent=2).encode())
+    """annotate's `_runs/<run>.json` (vitpose_batch.output.runs), with what render and report need to read shard
+    rows back (the image column and root) and the boxes left out."""
+    runs.write_run_record(
+        opts.output, run_id, status, started, {key: getattr(summary, key) for key in runs.COUNTS}, input=opts.input,
+        extra={"retry_errors": opts.retry_errors, "dropped_boxes": summary.dropped.record(),
+               "image_column": opts.image_column, "image_root": opts.image_root}, error=error)
 
 
 def quiet_ray() -> None:

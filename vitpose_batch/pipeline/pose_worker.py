@@ -15,6 +15,7 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,18 @@ from vitpose_core.stage_clock import StageClock, timed
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Labelled:
+    """What `PoseWorker.label` made of a batch's items: per item its result (None: error or no image), error and
+    retryable flag; whether the batch was retried image by image; the warnings raised meanwhile."""
+
+    results: list[dict | None]
+    errors: list[str | None]
+    retryable: list[bool | None]
+    retried: bool
+    notes: list[str]
+
+
 class PoseWorker:
     """Callable class for `map_batches(..., compute=ActorPoolStrategy)`: ITEM or ENCODED rows -> PREDICTION rows.
 
@@ -39,11 +52,13 @@ class PoseWorker:
 
     def __init__(self, model: str, detector: str | None, device: str, dtype: str | None, flip_test: bool,
                  dataset_index: int | None, crops_per_forward: int | None, threads: int | None,
-                 boxes=None, compile: bool = False, device_jpeg: bool = True, clock: StageClock | None = None) -> None:
+                 boxes=None, compile: bool = False, device_jpeg: bool = True, clock: StageClock | None = None,
+                 report_dropped: bool | None = None) -> None:
         """boxes: a vitpose_batch.schemas.coco.BoxIndex (--boxes) or None (run the detector); threads: the CPUs Ray granted,
         for torch, onnxruntime and decoding; device_jpeg: decode JPEGs on a CUDA device when torchvision can;
         clock: times each call's stages ("call" around "boxes", "decode", the estimator's "crop", "model" and
-        "heatmaps", and "rows"; benchmarks/hot_path.py reads it), None: untimed."""
+        "heatmaps", and "rows"; benchmarks/hot_path.py reads it), None: untimed; report_dropped: name the given
+        boxes left out in `Decoded.dropped` (default: when the boxes come from a boxes file)."""
         import torch
 
         import vitpose_core as vc
@@ -66,6 +81,7 @@ class PoseWorker:
         )
         self.clock = clock
         self.boxes = boxes
+        self.report_dropped = boxes is not None if report_dropped is None else report_dropped
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads or 1), thread_name_prefix="decode")
         self.jpeg = DeviceJpeg.for_device(self.estimator.device) if device_jpeg else None
         fault = os.environ.get("VITPOSE_TEST_KILL_AFTER")  # test-only fault hook: die once after N batches
@@ -82,6 +98,13 @@ class PoseWorker:
             items = batch_items(batch, self.boxes)
         with timed(self.clock, "decode", device_work=self.jpeg is not None):
             decode_batch(items, batch.column("data").to_pylist(), pool=self.pool, jpeg=self.jpeg)
+        labelled = self.label(items)
+        with timed(self.clock, "rows"):
+            return self.rows(items, labelled)
+
+    def label(self, items: list[Decoded]) -> Labelled:
+        """Persons of every decoded item (boxes given, or the detector's); a batch that fails whole is retried image
+        by image, so only the image that broke it gets the error."""
         results: list[dict | None] = [None for _ in items]
         errors = [item.error for item in items]
         retryable = [item.retryable for item in items]
@@ -100,23 +123,26 @@ class PoseWorker:
                     retryable[i] = True  # out of memory, a device fault: may pass on a re-run
         with self.lock:
             notes, self.notes = list(dict.fromkeys(self.notes)), []
-        with timed(self.clock, "rows"):
-            return self.rows(items, results, errors, retryable, retried, notes)
-
-    def rows(self, items: list[Decoded], results: list[dict | None], errors: list[str | None],
-             retryable: list[bool | None], retried: bool, notes: list[str]) -> pa.Table:
-        """The batch's PREDICTION rows, with the driver's diagnostics columns."""
         results = [r if e is None else None for r, e in zip(results, errors)]
-        table = make_table(
+        return Labelled(results, errors, retryable, retried, notes)
+
+    @staticmethod
+    def prediction_table(items: list[Decoded], labelled: Labelled) -> pa.Table:
+        """The items' PREDICTION_SCHEMA rows."""
+        return make_table(
             [item.image_uri for item in items], [item.image_id for item in items],
-            [item.width for item in items], [item.height for item in items], persons_column(results), errors,
-            retryable,
+            [item.width for item in items], [item.height for item in items], persons_column(labelled.results),
+            labelled.errors, labelled.retryable,
         )
-        dropped = [item.dropped if e is None else [] for item, e in zip(items, errors)]
+
+    def rows(self, items: list[Decoded], labelled: Labelled) -> pa.Table:
+        """The batch's PREDICTION rows, with the driver's diagnostics columns."""
+        table = self.prediction_table(items, labelled)
+        dropped = [item.dropped if e is None else [] for item, e in zip(items, labelled.errors)]
         n = len(items)
         return (table.append_column("_dropped", pa.array(dropped, DROPPED_TYPE))
-                .append_column("_retried", pa.array([retried] + [False] * (n - 1) if n else [], pa.bool_()))
-                .append_column("_notes", pa.array(([notes] + [[] for _ in items[1:]]) if n else [],
+                .append_column("_retried", pa.array([labelled.retried] + [False] * (n - 1) if n else [], pa.bool_()))
+                .append_column("_notes", pa.array(([labelled.notes] + [[] for _ in items[1:]]) if n else [],
                                                   pa.list_(pa.string()))))
 
     def estimate(self, items: list[Decoded], indices: list[int], results: list[dict | None]) -> None:
@@ -146,7 +172,7 @@ class PoseWorker:
         came from the boxes file (a detector's own boxes are not "given": none is reported)."""
         hw = tuple(item.image.shape[:2])
         problems = box_problems(to_reduced(item.boxes, item.reduction), hw)
-        if self.boxes is not None:
+        if self.report_dropped:
             item.dropped = [{"reason": p, "bbox": box.tolist()} for p, box in zip(problems, item.boxes) if p]
         return np.array([p is None for p in problems], dtype=bool)
 

@@ -20,7 +20,7 @@ import fsspec
 import pyarrow as pa
 
 from vitpose_batch.files.uris import canonical_prefix, canonical_uri, split_scheme
-from vitpose_batch.files.storage import is_local, protocols, read_json
+from vitpose_batch.files.storage import arrow_filesystem, protocols, read_json
 from vitpose_batch.files.image_addresses import check_shards, parquet_rows
 from vitpose_core.filesystems import filesystem, local_path_of
 
@@ -246,15 +246,6 @@ def shards_dataset(kind: str, uris: list[str], finished=None, image_column: str 
     if finished is not None and len(finished):
         items = items.map_batches(drop_finished, batch_format="pyarrow", fn_kwargs={"finished": ray.put(finished)})
     return items
-
-
-def arrow_filesystem(fs: fsspec.AbstractFileSystem):
-    """pyarrow view of an fsspec filesystem, so Ray's readers use the same credentials and endpoints."""
-    from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
-
-    if is_local(fs):
-        return LocalFileSystem()
-    return PyFileSystem(FSSpecHandler(fs))
 
 
 def _is_image_column(column: str) -> bool:

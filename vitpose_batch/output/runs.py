@@ -1,0 +1,35 @@
+"""Run records: `OUTPUT/_runs/<run>.json`, one per run that wrote OUTPUT: who ran, with which package version and
+input, what it counted, how it ended ("running" until then; a dead run's record is marked "killed" by the next)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from vitpose_batch.files.storage import open_filesystem
+from vitpose_batch.output.provenance import RUNS, package_version
+
+COUNTS = ("images", "persons", "errors", "skipped", "redone", "recovered", "files")
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time: `20261125T101500-3f2a9c1e`."""
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def write_run_record(output: str, run_id: str, status: str, started: float, counts: dict[str, int], *,
+                     input: str, extra: dict[str, Any] | None = None, error: str | None = None) -> None:
+    """Write (or rewrite) the run's record; `counts` by COUNTS (absent ones 0); `extra` fields are added as given."""
+    fs, folder = open_filesystem(output)
+    record = {
+        "run_id": run_id, "status": status, "version": package_version(), "input": input,
+        "host": socket.gethostname(), "pid": os.getpid(), "started": started,
+        "ended": None if status == "running" else time.time(),
+        **{key: int(counts.get(key, 0)) for key in COUNTS}, "error": error, **(extra or {}),
+    }
+    fs.makedirs(f"{folder}/{RUNS}", exist_ok=True)
+    fs.pipe_file(f"{folder}/{RUNS}/{run_id}.json", json.dumps(record, indent=2).encode())
