@@ -26,6 +26,7 @@ _API = {
     "read_output": "vitpose_batch.output.datasets",
     "OutputRowsError": "vitpose_batch.output.datasets",
     "WriteSummary": "vitpose_batch.output.datasets",
+    "to_sv_keypoints": "vitpose_batch.review.supervision_keypoints",
 }
 __all__ = ["__version__", *_API]
 
