@@ -66,7 +66,7 @@ def main() -> None:
 
         # In process: decode every image, then one PoseEstimator call per 16 images (the job's batch size).
         from vitpose_batch.pipeline.image_decoding import decode_image
-        from vitpose_batch.schemas.coco import load_boxes
+        from vitpose_batch.schemas.box_files import load_boxes
 
         index = load_boxes(str(box_file))
         paths = sorted(images_dir.iterdir())

@@ -4,6 +4,40 @@
                                          [--timing-iters 3] (0: AP only)  [--thresholds ''] (timing only)
 
 Reads ../shared (or $VITPOSE_SHARED) in place. Prints figures and asserts nothing.
+
+Measured figures (they chose the defaults of `vitpose_core.detectors`, `score_threshold=None`).
+
+Person box AP (pycocotools COCOeval, iouType bbox, catIds [1], maxDets 100) on the shared real COCO sets
+(coco-val-4: 4 images / 14 persons; coco-mini-train: 80 images / 172 persons), with the mean boxes per image handed
+to the pose model:
+
+    detector                threshold   AP coco-val-4   AP coco-mini-train   boxes / image (val-4, mini-train)
+    YOLOX-nano 416x416         0.05         0.727            0.313                  4.2,  3.9
+                               0.10         0.727            0.305                  3.5,  2.5   <- default
+                               0.30         0.618            0.276                  2.8,  1.3
+    RTMDet-nano 640x640        0.05         0.823            0.401                 62.8, 89.6
+                               0.10         0.823            0.401                 24.5, 45.5
+                               0.30         0.823            0.384                  3.8,  5.2   <- default
+    (RTMDet-nano 416x416       0.10 / 0.30  0.744 / 0.744    0.371 / 0.326: 640 is clearly better)
+
+YOLOX: 0.1 keeps the AP of 0.05 with a third fewer boxes; 0.3 costs 0.11 AP on coco-val-4. RTMDet scores are lower
+and flatter (its graph keeps everything above ~0.05, up to 100 boxes): 0.1 still sends 25-45 boxes per image, 0.3
+sends 4-5 for the same val AP and 0.017 less on mini-train. transformers models default to 0.3, the threshold of the
+reference RT-DETR pipeline (no pretrained RT-DETR weights were at hand to measure). Lower thresholds (e.g. 0.05)
+raise recall for COCO-style keypoint AP runs at the price of many more pose crops.
+
+Speed on a 2-core CPU (onnxruntime 1.32, 2 intra-op threads, 32 mini-train images, pre/post-processing included),
+from `--timing-iters 5`, which alternates the configurations round by round and prints the median round.
+The machine is shared: whole runs vary 2-5x with its load (an earlier, busier one gave YOLOX ~59 and RTMDet ~153
+ms/image), so compare rows of one run only. Two quiet runs, ms/image:
+
+    detector              one image per call   batch_size 8 (numpy images)   batch_size 8, torch tensors (CPU)
+    YOLOX-nano 416            11.3 / 12.2              11.3 / 11.7                     19.5 / 18.9
+    RTMDet-nano 640           30.5 / 29.6              36.4 / 32.4                     35.2 / 36.3
+
+On the CPU batching buys little (YOLOX at most ~5%); what it saves, one kernel launch sequence per 8 images, is a
+GPU matter that could not be measured here. The torch path costs ~7 ms/image more on the CPU (integer torch ops
+vs cv2's SIMD resize), hence numpy images keep the numpy path on a CPU session.
 """
 
 from __future__ import annotations

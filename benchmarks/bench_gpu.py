@@ -98,7 +98,7 @@ def run_job(args, corpus: Path, boxes: Path, checkpoint: Path, output: Path) -> 
 
 def run_seed_on(args, files: list[Path], boxes: Path, hf) -> dict:
     """The seed page's pipeline on `files`, one image at a time, with their ground-truth boxes."""
-    from vitpose_batch.schemas.coco import load_boxes
+    from vitpose_batch.schemas.box_files import load_boxes
 
     index = load_boxes(str(boxes))
     found = [index.boxes_for(file_name=path.name)[0] for path in files]

@@ -75,7 +75,8 @@ def stage_profile(files: list[Path], boxes_file: Path, model_ref: str) -> dict[s
 
     import vitpose_core as vc
     from vitpose_batch.pipeline.image_decoding import decode_image, read_bytes
-    from vitpose_batch.schemas.coco import image_name, load_boxes
+    from vitpose_batch.files.addresses import image_name
+    from vitpose_batch.schemas.box_files import load_boxes
     from vitpose_batch.schemas.predictions import make_table, persons_column
     from vitpose_core.heatmap_decoding import decode_heatmaps, rescore
 

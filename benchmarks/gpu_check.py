@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             return result
 
         def seed() -> dict:
-            from vitpose_batch.schemas.coco import load_boxes
+            from vitpose_batch.schemas.box_files import load_boxes
 
             count = min(args.seed_images, len(corpus.names))
             index = load_boxes(str(corpus.boxes_file))

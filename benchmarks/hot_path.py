@@ -57,7 +57,7 @@ def run_hot_path(model: Path, corpus: Corpus, *, device: str, dtype: str | None,
                  warmup_batches: int = 2) -> dict:
     """Time PoseWorker over the corpus; the figures as a dict (rates per second, stages in ms per image)."""
     from vitpose_batch.pipeline.pose_worker import PoseWorker
-    from vitpose_batch.schemas.coco import load_boxes
+    from vitpose_batch.schemas.box_files import load_boxes
 
     torch.set_num_threads(threads)
     worker = PoseWorker(str(model), None, device, dtype, False, None, crops_per_forward, threads,

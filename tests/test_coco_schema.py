@@ -10,17 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vitpose_batch.files.addresses import image_id_from_uri, image_id_of, image_name, split_image_uri
+from vitpose_batch.schemas.box_files import load_boxes
 from vitpose_batch.schemas.coco import (
     ExportStats,
     coco_dataset,
     coco_results,
-    image_id_from_uri,
-    image_id_of,
-    image_name,
     iter_prediction_rows,
-    load_boxes,
     person_category,
-    split_image_uri,
     write_coco_dataset,
     write_json_stream,
 )

@@ -356,7 +356,7 @@ def test_tensor_images_are_checked(yolox):
 
 
 def test_yolox_batch_probe_falls_back_to_batch1(yolox_single, val4, monkeypatch):
-    import vitpose_core.detectors as detectors
+    import vitpose_core.detectors.onnx_runtime as detectors  # where yolox_batched_session finds onnx_session
 
     pictures = [image for _, image in val4[1]]
     expected = yolox_single(pictures)

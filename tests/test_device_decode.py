@@ -20,7 +20,7 @@ from vitpose_batch.pipeline.image_decoding import decode_image, decode_items, re
 from vitpose_batch.pipeline.nvjpeg import DeviceJpeg, jpeg_orientation, orient
 from vitpose_batch.pipeline.pose_worker import PoseWorker
 from vitpose_batch.pipeline.sources import ITEM_SCHEMA
-from vitpose_batch.schemas.coco import load_boxes
+from vitpose_batch.schemas.box_files import load_boxes
 from tests import coco_data
 
 

@@ -241,7 +241,7 @@ def test_render_tar_parquet_and_exif(tmp_path, caplog):
 def test_export_and_render_on_s3(s3_env, tmp_path):
     import uuid
 
-    from vitpose_batch.schemas.coco import load_boxes
+    from vitpose_batch.schemas.box_files import load_boxes
 
     bucket = s3_env.make_bucket(f"export-{uuid.uuid4().hex[:10]}")
     fs = fsspec.filesystem("s3")

@@ -27,7 +27,7 @@ import vitpose_core as vc
 from vitpose_batch.pipeline.image_decoding import ENCODED_SCHEMA, batch_items, decode_batch, decode_image
 from vitpose_batch.pipeline.nvjpeg import DeviceJpeg
 from vitpose_batch.pipeline.pose_worker import PoseWorker
-from vitpose_batch.schemas.coco import load_boxes
+from vitpose_batch.schemas.box_files import load_boxes
 from tests import coco_data
 from tests.checkpoint_factory import randomize_
 from tests.shared_data import shared_path

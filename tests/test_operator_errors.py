@@ -26,7 +26,7 @@ from vitpose_batch.pipeline.sources import ITEM_SCHEMA
 from vitpose_batch.pipeline.diagnostics import Diagnostics
 from vitpose_batch.output.parts import iter_part_tables
 from vitpose_batch.pipeline.pose_worker import PoseWorker
-from vitpose_batch.schemas.coco import load_boxes
+from vitpose_batch.schemas.box_files import load_boxes
 from tests import coco_data
 from tests.shared_data import shared_path
 

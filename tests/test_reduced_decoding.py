@@ -18,7 +18,7 @@ from vitpose_batch.pipeline.pose_worker import PoseWorker
 from vitpose_batch.pipeline.sources import ITEM_SCHEMA
 from vitpose_batch.schemas.predictions import person_arrays
 from tests.shared_data import shared_path
-from vitpose_batch.schemas.coco import load_boxes
+from vitpose_batch.schemas.box_files import load_boxes
 from tests import coco_data
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .keypoint_sets import AIC, COCO, COCO_WHOLEBODY, MPII, KeypointSet, get_keypoint_set
+from .keypoint_sets import SETS_BY_COUNT, KeypointSet, get_keypoint_set, keypoint_set_for_count
 
 __all__ = ["DEFAULT_BOX_COLOR", "default_radius", "default_thickness", "draw_poses", "draw_poses_from_result"]
 
@@ -33,10 +33,8 @@ RGB = tuple[int, int, int]
 
 DEFAULT_BOX_COLOR: RGB = (255, 0, 0)
 
-# Keypoint set chosen from K when none is given. AP-10K / APT-36K (17 animal keypoints) share K with COCO, so an
-# animal model's output needs keypoint_set="ap10k" explicitly.
-_SET_BY_K: dict[int, KeypointSet] = {ks.num_keypoints: ks for ks in (COCO, COCO_WHOLEBODY, MPII, AIC)}
-
+# The keypoint set is chosen from K when none is given (keypoint_sets.SETS_BY_COUNT). AP-10K / APT-36K (17 animal
+# keypoints) share K with COCO, so an animal model's output needs keypoint_set="ap10k" explicitly.
 # OpenCV fixed-point precision: coordinates are passed as round(v * 2**_SHIFT) with shift=_SHIFT.
 _SHIFT = 4
 _SCALE = 1 << _SHIFT
@@ -115,12 +113,12 @@ def _resolve_keypoint_set(keypoint_set: Any, num_keypoints: int) -> KeypointSet:
     if isinstance(keypoint_set, KeypointSet):
         kset = keypoint_set
     elif keypoint_set is None:
-        kset = _SET_BY_K.get(num_keypoints)
-        if kset is None:
-            known = ", ".join(f"{k} ({ks.name})" for k, ks in sorted(_SET_BY_K.items()))
+        if num_keypoints not in SETS_BY_COUNT:
+            known = ", ".join(f"{k} ({ks.name})" for k, ks in sorted(SETS_BY_COUNT.items()))
             raise ValueError(
                 f"no keypoint set known for K={num_keypoints} keypoints (known: {known}); pass keypoint_set=..."
             )
+        kset = keypoint_set_for_count(num_keypoints)
     else:
         kset = get_keypoint_set(keypoint_set)
     if kset.num_keypoints != num_keypoints:

@@ -16,7 +16,7 @@ from .crops import boxes_to_center_scale, normalize, warp_crops_cv2, warp_crops_
 from .heatmap_decoding import decode_heatmaps, flip_back, rescore
 from .detectors import is_image
 from .devices import check_device
-from .keypoint_sets import KeypointSet, get_keypoint_set
+from .keypoint_sets import KeypointSet, get_keypoint_set, keypoint_set_for_count
 from .model import ViTPose
 from .stage_clock import StageClock, timed
 
@@ -212,9 +212,6 @@ class PoseEstimator:
         return self.keypoints_of(dataset_index).flip_permutation()
 
 
-KEYPOINT_SET_BY_COUNT = {17: "coco", 133: "coco_wholebody", 16: "mpii", 14: "aic"}
-
-
 def head_keypoints(config, dataset_index: int | None) -> int:
     """How many keypoints the head answering `dataset_index` predicts (ViTPose++ keeps one head per dataset)."""
     if dataset_index is None or not config.associate_heads:
@@ -230,7 +227,7 @@ def head_keypoint_set(config, dataset_index: int | None) -> KeypointSet:
         candidate = get_keypoint_set(int(dataset_index))
         if candidate.num_keypoints == k:
             return candidate
-    return get_keypoint_set(KEYPOINT_SET_BY_COUNT.get(k, "coco"), num_keypoints=k)
+    return keypoint_set_for_count(k)
 
 
 def check_image(image: Any, index: int) -> np.ndarray | torch.Tensor:

@@ -158,7 +158,10 @@ def flip_back(heatmaps: torch.Tensor, flip_permutation: list[int]) -> torch.Tens
     return heatmaps.flip(-1)[:, flip_permutation]
 
 
-def rescore(box_scores: np.ndarray, keypoint_scores: np.ndarray, threshold: float = 0.2) -> np.ndarray:
+RESCORE_THRESHOLD = 0.2  # ViTPose's (mmpose's) rescoring: keypoints scored above it count towards the person score
+
+
+def rescore(box_scores: np.ndarray, keypoint_scores: np.ndarray, threshold: float = RESCORE_THRESHOLD) -> np.ndarray:
     """ViTPose's person score: box score x mean of the keypoint scores above `threshold` (0 when none is)."""
     keypoint_scores = np.asarray(keypoint_scores, dtype=np.float64)
     confident = keypoint_scores > threshold

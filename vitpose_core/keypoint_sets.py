@@ -453,6 +453,20 @@ KEYPOINT_SETS: dict[str, KeypointSet] = {
 }
 
 
+# What a bare keypoint count stands for, wherever only the count is known (a model's head, a row, a results file):
+# 17 reads as COCO, so an AP-10K or APT-36K set (17 too) must be named, never inferred.
+SETS_BY_COUNT: dict[int, KeypointSet] = {ks.num_keypoints: ks for ks in (COCO, COCO_WHOLEBODY, MPII, AIC)}
+
+
+def keypoint_set_for_count(num_keypoints: int) -> KeypointSet:
+    """The keypoint set a bare count of K keypoints stands for (SETS_BY_COUNT); ValueError naming the known counts."""
+    found = SETS_BY_COUNT.get(int(num_keypoints))
+    if found is None:
+        known = ", ".join(f"{k} ({ks.name})" for k, ks in sorted(SETS_BY_COUNT.items()))
+        raise ValueError(f"no known keypoint set has {num_keypoints} keypoints (known: {known})")
+    return found
+
+
 def get_keypoint_set(key: str | int | None = None, num_keypoints: int | None = None) -> KeypointSet:
     """Look up a keypoint set by name, ViTPose++ dataset index, or None (COCO).
 

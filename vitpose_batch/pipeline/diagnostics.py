@@ -16,7 +16,7 @@ COLUMNS = ("_dropped", "_retried", "_notes")
 
 class DroppedBoxes:
     """Boxes left out, counted per reason, with the first `keep` of each reason named (image, box, where in the
-    boxes file). Fed by the boxes file's reading (vitpose_batch.schemas.coco.BoxIndex.dropped) and by the actors' rows."""
+    boxes file). Fed by the boxes file's reading (vitpose_batch.schemas.box_files.BoxIndex.dropped) and by the actors' rows."""
 
     def __init__(self, keep: int = 10) -> None:
         self.keep = keep

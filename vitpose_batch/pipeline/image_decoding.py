@@ -286,7 +286,7 @@ def decode_items(batch: pa.Table, boxes=None, pool: Executor | None = None, jpeg
 
 def batch_items(batch: pa.Table, boxes=None) -> list[Decoded]:
     """ITEM or ENCODED rows -> one undecoded `Decoded` per row, in order, with its --boxes attached (`boxes`: a
-    vitpose_batch.schemas.coco.BoxIndex or None) and any read error the row carries."""
+    vitpose_batch.schemas.box_files.BoxIndex or None) and any read error the row carries."""
     uris = batch.column("image_uri").to_pylist()
     ids = batch.column("image_id").to_pylist()
     given = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(uris)

@@ -251,7 +251,7 @@ def input_dataset(opts, listing: Listing, new_items, state, plan):
     """The images to label as a Ray Dataset: new files, and shard members OUTPUT lacks (filtered by the workers)."""
     items = files_dataset(new_items, opts.batch_size) if listing.kind == "files" else None
     if listing.shards:  # shard INPUT, or .tar shards found beside loose images (known once the walk is done)
-        from vitpose_batch.schemas.coco import split_image_uri
+        from vitpose_batch.files.addresses import split_image_uri
 
         shards = set(listing.shards)
         plan.redo.update({k: v for k, v in state.redo_candidates.items() if split_image_uri(v[0])[0] in shards})

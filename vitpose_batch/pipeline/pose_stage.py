@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vitpose_batch.files.image_addresses import column_bytes, column_kind
+from vitpose_batch.files.image_reader import column_bytes, column_kind
 from vitpose_batch.output.datasets import STAGE_METADATA, stage_settings
 from vitpose_batch.pipeline.image_decoding import Decoded, decode_batch
 from vitpose_batch.pipeline.pose_worker import PoseWorker
@@ -100,7 +100,7 @@ def check_columns(schema: pa.Schema, image_column: str, boxes_column: str | None
 
 
 def image_kind(field_type: pa.DataType) -> str | None:
-    """"bytes", "struct" (vitpose_batch.files.image_addresses), "arrays" (a tensor extension column, as
+    """"bytes", "struct" (vitpose_batch.files.image_reader), "arrays" (a tensor extension column, as
     ray.data.read_images gives, or nested lists), or None."""
     kind = column_kind(field_type)
     if kind is not None:

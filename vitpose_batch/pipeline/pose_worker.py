@@ -54,7 +54,7 @@ class PoseWorker:
                  dataset_index: int | None, crops_per_forward: int | None, threads: int | None,
                  boxes=None, compile: bool = False, device_jpeg: bool = True, clock: StageClock | None = None,
                  report_dropped: bool | None = None) -> None:
-        """boxes: a vitpose_batch.schemas.coco.BoxIndex (--boxes) or None (run the detector); threads: the CPUs Ray granted,
+        """boxes: a vitpose_batch.schemas.box_files.BoxIndex (--boxes) or None (run the detector); threads: the CPUs Ray granted,
         for torch, onnxruntime and decoding; device_jpeg: decode JPEGs on a CUDA device when torchvision can;
         clock: times each call's stages ("call" around "boxes", "decode", the estimator's "crop", "model" and
         "heatmaps", and "rows"; benchmarks/hot_path.py reads it), None: untimed; report_dropped: name the given

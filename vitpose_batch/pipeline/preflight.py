@@ -28,7 +28,7 @@ class Checked:
 
     listing: Listing
     keypoint_set: KeypointSet
-    box_index: Any = None  # vitpose_batch.schemas.coco.BoxIndex with --boxes
+    box_index: Any = None  # vitpose_batch.schemas.box_files.BoxIndex with --boxes
 
 
 def exists(ref: str) -> bool:
@@ -102,7 +102,7 @@ def check_run(opts) -> Checked:
     keypoint_set = check_model(opts.model, opts.dataset_index)
     box_index = None
     if opts.boxes:
-        from vitpose_batch.schemas.coco import load_boxes
+        from vitpose_batch.schemas.box_files import load_boxes
 
         box_index = load_boxes(opts.boxes, images=listing.coco_images)
     elif opts.detector:

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from vitpose_batch.files.uris import canonical_prefix, canonical_uri, split_scheme
 from vitpose_batch.files.storage import arrow_filesystem, protocols, read_json
-from vitpose_batch.files.image_addresses import check_shards, parquet_rows
+from vitpose_batch.files.image_reader import check_shards, parquet_rows
 from vitpose_core.filesystems import filesystem, local_path_of
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif")
@@ -269,7 +269,7 @@ def tar_members(batch: pa.Table, protocol: str) -> pa.Table:
 
 
 def parquet_members(batch: pa.Table, column: str, image_root: str | None = None) -> pa.Table:
-    """One Parquet shard (a single-row batch naming it) -> ENCODED rows, row i as `shard#i` (vitpose_batch.files.image_addresses)."""
+    """One Parquet shard (a single-row batch naming it) -> ENCODED rows, row i as `shard#i` (vitpose_batch.files.image_reader)."""
     return parquet_rows(batch.column("shard")[0].as_py(), column, image_root)
 
 

@@ -37,18 +37,17 @@ from vitpose_batch.review.evaluation_inputs import (
     check_results,
     person_items,
 )
-from vitpose_batch.review.export import check_predictions, part_metadata_of, set_for_count
+from vitpose_batch.review.export import check_predictions, part_metadata_of
 from vitpose_batch.review.oks import oks_nms, padded_box_areas
 from vitpose_batch.output.parts import iter_part_tables, part_provenances
 from vitpose_batch.output.provenance import load_record
 from vitpose_batch.files.storage import open_filesystem, read_json
 from vitpose_batch.schemas.coco import coco_results
 from vitpose_core.heatmap_decoding import rescore
-from vitpose_core.keypoint_sets import COCO, KEYPOINT_SETS, KeypointSet, get_keypoint_set
+from vitpose_core.keypoint_sets import COCO, KEYPOINT_SETS, KeypointSet, get_keypoint_set, keypoint_set_for_count
 
 METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 BOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-KEYPOINT_THRESHOLD = 0.2
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def vitpose_protocol(results: list[dict], sigmas: np.ndarray) -> list[dict]:
     for image_results in by_image.values():
         keypoints = np.array([r["keypoints"] for r in image_results], np.float64).reshape(len(image_results), -1, 3)
         box_scores = np.array([r.get("box_score", r["score"]) for r in image_results], np.float64)
-        scores = rescore(box_scores, keypoints[..., 2], KEYPOINT_THRESHOLD).astype(np.float64)
+        scores = rescore(box_scores, keypoints[..., 2]).astype(np.float64)
         if all("bbox" in r for r in image_results):
             areas = padded_box_areas(np.array([r["bbox"] for r in image_results], np.float32))
         else:  # a results file without boxes: the keypoints' extent, as pycocotools itself would take it
@@ -175,7 +174,7 @@ def predictions_keypoint_set(predictions: str, ground_truth, results: list[dict]
         names = tuple(categories[0].get("keypoints") or ()) if categories else ()
         name = next((ks.name for ks in KEYPOINT_SETS.values() if ks.keypoint_names == names), None)
     if name is None:
-        return set_for_count(num_keypoints) if num_keypoints is not None else COCO
+        return keypoint_set_for_count(num_keypoints) if num_keypoints is not None else COCO
     return get_keypoint_set(name, num_keypoints=num_keypoints)
 
 

@@ -32,16 +32,17 @@ from vitpose_batch.output.parts import PART_SUFFIX, iter_part_tables, list_part_
 from vitpose_batch.review.oks import OKS_THRESHOLD, oks_nms, padded_box_areas
 from vitpose_batch.output.provenance import load_record
 from vitpose_batch.files.storage import is_local, open_filesystem
-from vitpose_batch.schemas.coco import ExportStats, coco_results, iter_prediction_rows, write_coco_dataset, write_json_stream
-from vitpose_core.keypoint_sets import AIC, COCO, COCO_WHOLEBODY, MPII, KeypointSet, get_keypoint_set
+from vitpose_batch.schemas.coco import (
+    ExportStats,
+    coco_results,
+    iter_prediction_rows,
+    write_coco_dataset,
+    write_json_stream,
+)
+from vitpose_core.keypoint_sets import COCO, KeypointSet, get_keypoint_set, keypoint_set_for_count
 
 FORMATS = ("results", "dataset")
 EXPORT_FORMATS = ("coco-results", "coco-dataset", "label-studio")
-# Parts written before they carried their keypoint set: the set is inferred from the keypoint count (17 reads as
-# COCO: an AP-10K / APT-36K OUTPUT that old cannot be told from it).
-SETS_BY_COUNT = {ks.num_keypoints: ks for ks in (COCO, COCO_WHOLEBODY, MPII, AIC)}
-
-
 def _abandon(fs: Any, handle: Any, target: str) -> None:
     """Leave nothing behind after a failed write: no half upload becomes visible, no temporary file stays."""
     try:
@@ -107,14 +108,6 @@ def part_metadata_of(predictions: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"vitpose.")}
 
 
-def set_for_count(num_keypoints: int) -> KeypointSet:
-    """The keypoint set a bare keypoint count stands for (see SETS_BY_COUNT); ValueError for unknown counts."""
-    if num_keypoints not in SETS_BY_COUNT:
-        known = ", ".join(f"{k} ({ks.name})" for k, ks in sorted(SETS_BY_COUNT.items()))
-        raise ValueError(f"no known keypoint set has {num_keypoints} keypoints (known: {known})")
-    return SETS_BY_COUNT[num_keypoints]
-
-
 def output_keypoint_set(predictions: str) -> KeypointSet:
     """The keypoint set of an annotate OUTPUT (or one .parquet file): its parts' `vitpose.keypoint_set` metadata;
     for parts written without it, the set of the first person's keypoint count; COCO when there are no persons."""
@@ -128,7 +121,7 @@ def output_keypoint_set(predictions: str) -> KeypointSet:
             if values % 3:
                 raise ValueError(f"predictions {predictions}: a person has {values} keypoint values, not a "
                                  "multiple of 3")
-            return set_for_count(values // 3)
+            return keypoint_set_for_count(values // 3)  # parts older than their keypoint-set metadata
     return COCO
 
 

@@ -27,10 +27,11 @@ from PIL import Image
 from vitpose_batch.pipeline.image_decoding import decode_image
 from vitpose_batch.defaults import KEYPOINT_THRESHOLD
 from vitpose_batch.review.export import check_predictions
-from vitpose_batch.files.image_addresses import ImageSource, image_source_of, read_image_bytes
+from vitpose_batch.files.image_reader import ImageSource, image_source_of, read_image_bytes
 from vitpose_batch.output.parts import iter_part_tables
 from vitpose_batch.files.storage import open_filesystem
-from vitpose_batch.schemas.coco import PredictionRow, image_name, iter_prediction_rows
+from vitpose_batch.files.addresses import image_name
+from vitpose_batch.schemas.coco import PredictionRow, iter_prediction_rows
 from vitpose_core.drawing import draw_poses
 
 logger = logging.getLogger(__name__)

@@ -8,9 +8,10 @@ Parquet image columns (`--image-column`):
 Any other column type, or a column the shard lacks, is refused before any work, naming the shard, the column and
 the columns the shard has.
 
-Addresses (`vitpose_batch.schemas.coco.split_image_uri`): `shard.tar#member` is a WebDataset member, `shard.parquet#i` row i of a
-Parquet shard, anything else a plain file. annotate reads shards through `parquet_rows`; render and report read any
-address back through `read_image_bytes` with the image column and root the runs recorded (`ImageSource`).
+Addresses are parsed by `vitpose_batch.files.addresses` (the one parser): `shard.tar#member` is a WebDataset
+member, `shard.parquet#i` row i of a Parquet shard, anything else a plain file. annotate reads shards through
+`parquet_rows`; render and report read any address back through `read_image_bytes` with the image column and root
+the runs recorded (`ImageSource`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 
 from vitpose_batch.pipeline.image_decoding import ENCODED_SCHEMA, ImageError, read_bytes
 from vitpose_batch.files.uris import canonical_uri
-from vitpose_batch.schemas.coco import split_image_uri
+from vitpose_batch.files.addresses import split_image_uri
 from vitpose_core.filesystems import filesystem, local_path_of, open_uri
 
 
