@@ -43,20 +43,16 @@ from vitpose_batch.output.provenance import load_record
 from vitpose_batch.pipeline.progress import reading
 from vitpose_batch.review.evaluate import evaluate
 from vitpose_batch.review.export import check_predictions, write_atomically
-from vitpose_batch.review.report.html import (CSS, MAX_RUNS_SHOWN, Markup, duration, esc, page, rate,
-                                              section_accuracy, section_counts, section_distributions,
+from vitpose_batch.review.report.html import (page, section_accuracy, section_counts, section_distributions,
                                               section_low_confidence, section_provenance, section_runs,
-                                              section_samples, share, table_html, when)
-from vitpose_batch.review.report.plots import (plot_data_uri, plot_keypoint_scores, plot_person_scores,
-                                               plot_persons_per_image)
-from vitpose_batch.review.report.records import load_runs, provenance_rows, run_seconds, throughput
-from vitpose_batch.review.report.samples import (CROP_PADDING, OVERLAY_SIZE, PICK, RESERVOIR, Overlay, Sample,
-                                                 SamplePicker, crop_box, draw_overlay, jpeg_data_uri, keep_extreme,
-                                                 make_overlay, read_samples)
-from vitpose_batch.review.report.stats import (COLUMNS, ERROR_EXAMPLES, KEYPOINT_BINS, LOW_THRESHOLDS,
-                                               MAX_ERROR_KINDS, MAX_PERSONS_BIN, SCORE_BINS, ErrorKind, Stats,
-                                               add_errors, add_persons, binned, error_kind, flat_persons,
-                                               keypoints_of, person_scores_of, read_part_metadata)
+                                              section_samples)
+from vitpose_batch.review.report.records import load_runs, throughput
+from vitpose_batch.review.report.samples import Sample, SamplePicker, draw_overlay, make_overlay, read_samples
+from vitpose_batch.review.report.stats import (COLUMNS, Stats, add_errors, add_persons, error_kind, flat_persons,
+                                               read_part_metadata)
+
+__all__ = ["DEFAULT_SAMPLE", "Sample", "SamplePicker", "Stats", "add_errors", "add_persons", "collect",
+           "draw_overlay", "error_kind", "flat_persons", "report"]
 
 DEFAULT_SAMPLE = 12
 
