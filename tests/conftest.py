@@ -42,7 +42,7 @@ def shared_ray():
 def ensure_shared_ray() -> None:
     import ray
 
-    from vitpose_batch.pipeline.job import connect
+    from vitpose_batch.pipeline.ray_session import connect
 
     if not ray.is_initialized():
         connect(None)

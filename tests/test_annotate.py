@@ -220,7 +220,8 @@ def test_mixed_folder_reads_loose_images_and_tar_shards(tmp_path, tiny_model, sh
 
 def test_two_core_run_cannot_starve_its_readers(tmp_path, tiny_model):
     """On 2 CPUs with actors asking for whole CPUs, the pool leaves room for read/decode tasks and finishes."""
-    from vitpose_batch.pipeline.job import AnnotateOptions, plan_actors
+    from vitpose_batch.pipeline.actors import plan_actors
+    from vitpose_batch.pipeline.job import AnnotateOptions
 
     actors, per_actor, _ = plan_actors({"CPU": 2.0}, "cpu", AnnotateOptions(input="", output=""))
     assert actors * per_actor <= 1.0  # one CPU always left for reading and decoding

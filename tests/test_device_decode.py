@@ -172,7 +172,8 @@ def test_job_with_two_batches_per_actor_writes_every_image_once(tmp_path, tiny_v
 
 
 def test_gpu_actors_get_decode_threads_and_leave_cpus_to_the_readers():
-    from vitpose_batch.pipeline.job import AnnotateOptions, plan_actors
+    from vitpose_batch.pipeline.actors import plan_actors
+    from vitpose_batch.pipeline.job import AnnotateOptions
 
     opts = AnnotateOptions(input="", output="")
     assert plan_actors({"CPU": 64.0, "GPU": 8.0}, "cuda", opts) == (8, 4.0, 4)  # 8-GPU node: 32 CPUs left to read

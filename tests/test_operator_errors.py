@@ -284,7 +284,7 @@ def test_secrets_never_reach_runtime_env(monkeypatch):
     """What travels to a cluster's workers through runtime_env (shown by Ray's job metadata and dashboard)."""
     import ray
 
-    from vitpose_batch.pipeline import job as annotate
+    from vitpose_batch.pipeline import ray_session as annotate
 
     secret = "s3cr3t-" + os.urandom(4).hex()
     env = {"AWS_ACCESS_KEY_ID": secret, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": secret,

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signals.install()
     if args.command != "annotate":  # annotate counts its images itself
-        from vitpose_batch.pipeline import progress
+        from vitpose_batch import progress
 
         progress.SHOW_READS = True
     try:

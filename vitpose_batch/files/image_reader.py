@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vitpose_batch.pipeline.image_decoding import ENCODED_SCHEMA, ImageError, read_bytes
-from vitpose_batch.files.uris import canonical_uri
 from vitpose_batch.files.addresses import split_image_uri
+from vitpose_batch.files.storage import open_filesystem
+from vitpose_batch.files.uris import canonical_uri
+from vitpose_batch.output.provenance import read_run_records
+from vitpose_batch.pipeline.image_decoding import ENCODED_SCHEMA, ImageError, read_bytes
 from vitpose_core.filesystems import filesystem, local_path_of, open_uri
 
 
@@ -137,8 +139,6 @@ class ImageSource:
 
 def image_source_of(output: str) -> ImageSource:
     """The image columns and root recorded in OUTPUT's run records (`_runs/*.json`)."""
-    from vitpose_batch.output.provenance import read_run_records
-    from vitpose_batch.files.storage import open_filesystem
 
     try:
         fs, folder = open_filesystem(output)

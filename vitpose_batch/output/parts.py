@@ -36,8 +36,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vitpose_batch.defaults import DEFAULT_BYTES_PER_FILE, DEFAULT_COMMIT_INTERVAL_S, DEFAULT_ROWS_PER_FILE
+from vitpose_batch.defaults import (
+    DEFAULT_BYTES_PER_FILE,
+    DEFAULT_COMMIT_INTERVAL_S,
+    DEFAULT_ROWS_PER_FILE,
+)
 from vitpose_batch.files.storage import is_local, open_filesystem
+from vitpose_batch.progress import reading
 
 log = logging.getLogger("vitpose_batch")
 
@@ -268,7 +273,6 @@ def predictions_files(uri: str) -> tuple[fsspec.AbstractFileSystem, str | None, 
 
 def iter_part_tables(uri: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
     """Stream the tables of an annotate OUTPUT (or of one .parquet file), one file at a time."""
-    from vitpose_batch.pipeline.progress import reading
 
     fs, _, files = predictions_files(uri)
     yield from reading((read_parquet(fs, file, columns) for file in files), len(files))

@@ -9,37 +9,33 @@ other settings is refused), then crash recovery and the resume scan. `vitpose_ba
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import re
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 from vitpose_batch.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DETECTOR, DEFAULT_MODEL
+from vitpose_batch.files.addresses import split_image_uri
 from vitpose_batch.files.storage import open_filesystem
 from vitpose_batch.files.uris import canonical_prefix, canonical_uri
 from vitpose_batch.output import lease as leases
 from vitpose_batch.output import parts, provenance, resume, runs
 from vitpose_batch.pipeline import signals
+from vitpose_batch.pipeline.actors import actor_pool, plan_actors
 from vitpose_batch.pipeline.diagnostics import Diagnostics, DroppedBoxes
 from vitpose_batch.pipeline.image_decoding import read_batch
 from vitpose_batch.pipeline.pose_worker import PoseWorker
-from vitpose_batch.pipeline.progress import Progress
+from vitpose_batch.pipeline.preflight import check_device, check_run
+from vitpose_batch.pipeline.ray_session import connect
 from vitpose_batch.pipeline.sources import Listing, files_dataset, shards_dataset
+from vitpose_batch.progress import Progress
+from vitpose_batch.review.export import export_coco
 from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA
+from vitpose_core.hub import one_line
 
 log = logging.getLogger("vitpose_batch")
 
-# Where workers find object storage and hubs: forwarded to a cluster's workers through runtime_env, which Ray's job
-# metadata and dashboard show to anyone who can reach them, so secrets never go this way (workers read credentials
-# from their own environment: a Kubernetes Secret in the manifests).
-FORWARDED_ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST", "FSSPEC_", "GCSFS_", "HF_", "NO_GCE_CHECK",
-                          "VITPOSE_")
-SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|SESSION|AUTH", re.IGNORECASE)
 RUNS = provenance.RUNS
 
 
@@ -139,7 +135,6 @@ def settings_of(opts: AnnotateOptions, keypoint_set: str | None) -> provenance.P
 
 def run_annotate(opts: AnnotateOptions) -> Summary:
     """Run the whole job; raises a ValueError subclass with a one-line message when it cannot run."""
-    from vitpose_batch.pipeline.preflight import check_device, check_run
 
     # Every check comes before OUTPUT is touched: a refused run leaves OUTPUT byte-identical.
     checked = check_run(opts)
@@ -161,7 +156,6 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
     except leases.LeaseHeld:
         raise
     except Exception as exc:  # noqa: BLE001 - permission, missing bucket, bad URL: one answer
-        from vitpose_core.hub import one_line
 
         raise ValueError(f"output {opts.output!r} is not writable: {one_line(exc)}") from None
     started = time.time()
@@ -199,7 +193,6 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
     finally:
         lease.release()
     if opts.coco_json:  # on every run, also when nothing was left to do: a re-run completes a failed export
-        from vitpose_batch.review.export import export_coco
 
         summary.extra["coco_json"] = export_coco(opts.output, opts.coco_json, fmt="results")
     return summary
@@ -251,7 +244,6 @@ def input_dataset(opts, listing: Listing, new_items, state, plan):
     """The images to label as a Ray Dataset: new files, and shard members OUTPUT lacks (filtered by the workers)."""
     items = files_dataset(new_items, opts.batch_size) if listing.kind == "files" else None
     if listing.shards:  # shard INPUT, or .tar shards found beside loose images (known once the walk is done)
-        from vitpose_batch.files.addresses import split_image_uri
 
         shards = set(listing.shards)
         plan.redo.update({k: v for k, v in state.redo_candidates.items() if split_image_uri(v[0])[0] in shards})
@@ -292,20 +284,6 @@ def pose_rows(opts: AnnotateOptions, items, box_index):
         num_gpus=1 if gpu else 0,
         # Ray Data's actor pools restart a dead actor and re-run its batch (max_restarts / max_task_retries -1).
     )
-
-
-def actor_pool(actors: int, calls: int):
-    """Up to `actors` actors, each running `calls` batches at once (threads): with 2, one batch's host work
-    overlaps the other's GPU work."""
-    import ray.data
-
-    if calls > 1:
-        try:
-            return ray.data.ActorPoolStrategy(min_size=1, max_size=actors, max_concurrent_calls_per_actor=calls,
-                                              enable_true_multi_threading=True)
-        except TypeError:  # a Ray without threaded UDF calls: one at a time
-            pass
-    return ray.data.ActorPoolStrategy(min_size=1, max_size=actors)
 
 
 def write_rows(opts: AnnotateOptions, rows, lease, metadata: dict, total: int | None, summary: Summary) -> None:
@@ -379,88 +357,3 @@ def write_run_record(opts: AnnotateOptions, run_id: str, status: str, started: f
                "image_column": opts.image_column, "image_root": opts.image_root}, error=error)
 
 
-def quiet_ray() -> None:
-    """Ray's own chatter off the user's terminal: the job prints its progress, summary and workers' warnings."""
-    import ray.data
-
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the driver's native core worker logs to stderr
-    ray.data.DataContext.get_current().enable_progress_bars = False  # ours count images, not blocks
-    for name in ["ray", "ray.data", *logging.root.manager.loggerDict]:
-        if name == "ray" or name.startswith("ray."):
-            # token auth is on, as it should be; progress is ours
-            quiet = "authentication" in name or "progress" in name
-            logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.WARNING)
-
-
-# What Ray's native core worker prints at start whatever its log level (it announces that level at INFO).
-NATIVE_NOISE = re.compile(r"logging\.cc:\d+: Set ray log level from environment variable")
-
-
-@contextlib.contextmanager
-def native_noise_dropped():
-    """Around ray.init: the driver's native stderr (fd 2) goes through a file, and every line but NATIVE_NOISE comes
-    back to the terminal afterwards, so a real native error still shows."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no fd 2 to redirect (an embedded interpreter): leave it alone
-        yield
-        return
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            kept = [line for line in capture.read().decode(errors="replace").splitlines()
-                    if not NATIVE_NOISE.search(line)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
-
-
-def worker_env(environ: dict[str, str]) -> dict[str, str]:
-    """The part of `environ` a cluster's workers get through runtime_env: endpoints and options, never secrets."""
-    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and not SECRET_NAME.search(k)}
-
-
-def connect(address: str | None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS); otherwise start Ray in this process. A process already
-    connected (a library user's, or a test's earlier run) stays connected."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    quiet_ray()
-    address = address or os.environ.get("RAY_ADDRESS")
-    with native_noise_dropped():
-        if address:
-            env = worker_env(dict(os.environ))
-            ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=False)
-        else:
-            # In-process Ray: its workers inherit this process's environment, nothing to forward. Loopback only.
-            ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    quiet_ray()  # again: ray.init configures loggers of its own
-    signals.reinstall()
-
-
-def plan_actors(resources: dict, device: str, opts: AnnotateOptions) -> tuple[int, float, int | None]:
-    """(pool size, CPUs per actor, torch threads per actor) that leave the read/decode tasks CPU to run on.
-
-    On GPUs: one actor per GPU, with up to 4 CPUs each (its decode threads) while a CPU per GPU stays for the read
-    tasks. On CPUs: actors never take every CPU of the cluster -- a pool that
-    holds them all starves the read tasks and the job hangs without an error -- so one CPU stays for reading and
-    decoding, and the actors' torch threads use what they were given.
-    """
-    cpus = resources.get("CPU", 1)
-    if device.startswith("cuda"):
-        actors = opts.actors or max(1, int(resources.get("GPU", 1)))
-        per_actor = opts.cpus_per_actor or float(max(1, min(4, int(cpus // actors) - 1)))
-        return actors, per_actor, max(1, int(per_actor))
-    per_actor = opts.cpus_per_actor or (max(1.0, cpus - 1.0) if cpus <= 9 else 8.0)
-    budget = max(per_actor, cpus - 1.0)  # keep one CPU for reading and decoding
-    actors = opts.actors or max(1, int(budget // per_actor))
-    # On a 2-core machine the actor is granted 1 CPU but the decode tasks are light: let torch use both cores.
-    threads = max(1, int(per_actor) + (1 if cpus <= 2 else 0))
-    return actors, per_actor, threads

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from vitpose_batch.files.image_reader import column_bytes, column_kind
 from vitpose_batch.output.datasets import STAGE_METADATA, stage_settings
+from vitpose_batch.pipeline.actors import actor_pool, plan_actors
 from vitpose_batch.pipeline.image_decoding import Decoded, decode_batch
 from vitpose_batch.pipeline.pose_worker import PoseWorker
 from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA
@@ -54,8 +55,6 @@ def estimate_poses(ds, *, image_column: str, model: str, detector: str | None = 
     schema = _known_schema(ds)
     if schema is not None:
         check_columns(schema, image_column, boxes_column)
-    from vitpose_batch.pipeline.job import actor_pool, plan_actors
-
     resources = ray.cluster_resources()
     device = ("cuda" if resources.get("GPU", 0) else "cpu") if device == "auto" else device
     pool, actor_cpus, threads = plan_actors(resources, device, SimpleNamespace(actors=actors,

@@ -20,8 +20,19 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from vitpose_batch.pipeline.image_decoding import Decoded, batch_items, boxes_to_full, decode_batch, redecode, reduction_for, to_full, to_reduced
+import vitpose_core as vc
 from vitpose_batch.pipeline.diagnostics import DROPPED_TYPE
+from vitpose_batch.pipeline.image_decoding import (
+    Decoded,
+    batch_items,
+    boxes_to_full,
+    decode_batch,
+    redecode,
+    reduction_for,
+    to_full,
+    to_reduced,
+)
+from vitpose_batch.pipeline.nvjpeg import DeviceJpeg
 from vitpose_batch.schemas.predictions import make_table, persons_column
 from vitpose_core.estimator import box_problems
 from vitpose_core.stage_clock import StageClock, timed
@@ -61,8 +72,6 @@ class PoseWorker:
         boxes left out in `Decoded.dropped` (default: when the boxes come from a boxes file)."""
         import torch
 
-        import vitpose_core as vc
-        from vitpose_batch.pipeline.nvjpeg import DeviceJpeg
 
         if threads:
             torch.set_num_threads(threads)

@@ -15,9 +15,11 @@ from typing import Any
 import fsspec
 
 from vitpose_batch.pipeline.sources import Listing, list_input
-from vitpose_core.checkpoints import CheckpointError
-from vitpose_core.detectors import DetectorError
+from vitpose_batch.schemas.box_files import load_boxes
+from vitpose_core.checkpoints import CheckpointError, read_checkpoint
+from vitpose_core.detectors import DetectorError, load_detector
 from vitpose_core.devices import DeviceError
+from vitpose_core.estimator import head_keypoint_set
 from vitpose_core.hub import HUB_ID, hub_snapshot, local_path
 from vitpose_core.keypoint_sets import KeypointSet
 
@@ -49,8 +51,6 @@ def is_hub_id(ref: str) -> bool:
 
 def check_model(ref: str, dataset_index: int | None) -> KeypointSet:
     """Open the checkpoint, read its architecture; the keypoint set the answering head predicts."""
-    from vitpose_core.checkpoints import read_checkpoint
-    from vitpose_core.estimator import head_keypoint_set
 
     if not exists(ref) and not is_hub_id(ref):
         raise CheckpointError(f"model {ref!r} not found")
@@ -74,7 +74,6 @@ def check_detector(ref: str) -> None:
         return
     if not exists(ref):
         raise DetectorError(f"detector {ref!r} not found")
-    from vitpose_core.detectors import load_detector
 
     load_detector(ref, device="cpu")
 
@@ -102,7 +101,6 @@ def check_run(opts) -> Checked:
     keypoint_set = check_model(opts.model, opts.dataset_index)
     box_index = None
     if opts.boxes:
-        from vitpose_batch.schemas.box_files import load_boxes
 
         box_index = load_boxes(opts.boxes, images=listing.coco_images)
     elif opts.detector:

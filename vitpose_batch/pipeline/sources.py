@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import fsspec
 import pyarrow as pa
 
-from vitpose_batch.files.uris import canonical_prefix, canonical_uri, split_scheme
-from vitpose_batch.files.storage import arrow_filesystem, protocols, read_json
 from vitpose_batch.files.image_reader import check_shards, parquet_rows
+from vitpose_batch.files.storage import arrow_filesystem, protocols, read_json
+from vitpose_batch.files.uris import canonical_prefix, canonical_uri, split_scheme
+from vitpose_batch.output.resume import uri_keys
 from vitpose_core.filesystems import filesystem, local_path_of
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif")
@@ -277,7 +278,6 @@ def drop_finished(batch: pa.Table, finished) -> pa.Table:
     """Shard members OUTPUT already holds, dropped where the data is (`finished`: a resume KeySet)."""
     import ray
 
-    from vitpose_batch.output.resume import uri_keys
 
     if isinstance(finished, ray.ObjectRef):  # one copy in the object store, read by every task of the node
         finished = ray.get(finished)

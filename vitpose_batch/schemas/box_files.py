@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from vitpose_batch.files.addresses import integer_stem, image_name
+from vitpose_batch.files.addresses import image_name, integer_stem
 from vitpose_batch.schemas.coco import PERSON_CATEGORY_ID
+from vitpose_core.filesystems import open_uri
 
 _EMPTY_BOXES = np.zeros((0, 4), np.float32)
 _EMPTY_SCORES = np.zeros(0, np.float32)
@@ -162,7 +163,6 @@ def load_boxes(uri: str, images: Sequence[Mapping] | None = None) -> BoxIndex:
     its own (listed in `index.dropped`), the image's other boxes kept. Scores must be finite and in [0, 1]. Anything
     else raises a one-line ValueError naming the file and the problem.
     """
-    from vitpose_core.filesystems import open_uri
 
     try:
         with open_uri(uri, "rb") as handle:

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from vitpose_batch.files.image_reader import image_source_of
 from vitpose_batch.output.parts import predictions_files, read_parquet
 from vitpose_batch.output.provenance import load_record
-from vitpose_batch.pipeline.progress import reading
+from vitpose_batch.progress import reading
 from vitpose_batch.review.evaluate import evaluate
 from vitpose_batch.review.export import check_predictions, write_atomically
 from vitpose_batch.review.report.html import (page, section_accuracy, section_counts, section_distributions,
