@@ -232,6 +232,17 @@ def _image_id(b: _Batch, r: int) -> int | None:
     return int(value) if value is not None else image_id_from_uri(b.uris[r])
 
 
+def _rows_without_error(b: _Batch, stats: ExportStats) -> Iterator[tuple[int, int | None]]:
+    """(row, image id or None) of each row of `b` without an error; every row counted, error rows skipped (both
+    writers' first step)."""
+    for r in range(len(b)):
+        stats.rows += 1
+        if b.errors[r] is not None:
+            stats.skipped_error += 1
+            continue
+        yield r, _image_id(b, r)
+
+
 def coco_results(
     tables: Iterable[pa.Table | pa.RecordBatch],
     min_person_score: float = 0.0,
@@ -252,12 +263,7 @@ def coco_results(
         flat = kp.reshape(-1).tolist()
         known = _known(b)
         offsets = b.person_offsets.tolist()
-        for r in range(len(b)):
-            stats.rows += 1
-            if b.errors[r] is not None:
-                stats.skipped_error += 1
-                continue
-            image_id = _image_id(b, r)
+        for r, image_id in _rows_without_error(b, stats):
             if image_id is None:
                 stats.skipped_no_image_id += 1
                 continue
@@ -371,12 +377,7 @@ def coco_dataset(
             boxes = np.asarray(known.boxes, np.float64).reshape(-1, 4)
             areas = np.round(np.abs(boxes[:, 2] * boxes[:, 3]), COORD_DECIMALS).tolist()
             offsets = b.person_offsets.tolist()
-            for r in range(len(b)):
-                stats.rows += 1
-                if b.errors[r] is not None:
-                    stats.skipped_error += 1
-                    continue
-                image_id = _image_id(b, r)
+            for r, image_id in _rows_without_error(b, stats):
                 if image_id is None:
                     ref = f"d{assigned}"
                     assigned += 1
