@@ -167,8 +167,9 @@ def ratios(figures: dict) -> dict:
     return out
 
 
-def report_targets(measured: dict, log: Log) -> None:
-    log.write("\n== against the targets (never asserted) ==\n")
+def report_targets(measured: dict, log: Log, device: str) -> None:
+    note = "" if device == "cuda" else " (targets for ViTPose-B on an H100/H200: a CPU smoke run misses them)"
+    log.write(f"\n== against the targets (never asserted){note} ==\n")
     for key, target in TARGETS.items():
         value = measured.get(key)
         if value is None:
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     figures: dict = {"environment": environment(args), "arguments": {
         "images": args.images, "size": args.size, "dtype": args.dtype, "batch_size": args.batch_size,
-        "threads": args.threads, "seed_images": args.seed_images}}
+        "threads": args.threads, "seed_images": min(args.seed_images, args.images)}}
     log.write(f"gpu_check: {json.dumps(figures['environment'])}\n")
     if not args.skip_tests:
         run_step("gpu_tests", figures, log, lambda: run_gpu_tests(args, log))
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             run_step("seed", figures, log, seed)
     figures["targets"] = TARGETS
     figures["measured_against_targets"] = ratios(figures)
-    report_targets(figures["measured_against_targets"], log)
+    report_targets(figures["measured_against_targets"], log, args.device)
     tests = figures.get("gpu_tests", {})
     broken = [name for name in ("gpu_tests", "hot_path", "model_alone", "seed") if "error" in figures.get(name, {})]
     failed = tests.get("failures", 0) + tests.get("errors", 0) + (tests.get("returncode", 0) != 0)

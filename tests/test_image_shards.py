@@ -100,6 +100,15 @@ def test_a_missing_or_non_image_column_is_refused_before_any_work(tmp_path, phot
     assert not output.exists()  # refused before OUTPUT was touched
 
 
+def test_parquet_shards_without_an_image_column_say_so(tmp_path, photos):
+    from vitpose_batch.pipeline.sources import InputError, list_input
+
+    pq.write_table(pa.table({"jpg": [photos[0].path.read_bytes()]}), tmp_path / "a.parquet")
+    with pytest.raises(InputError, match=r"it holds Parquet shards .*a\.parquet.*: name their image column with "
+                                         r"--image-column"):
+        list_input(str(tmp_path))
+
+
 @pytest.mark.parametrize("large", [False, True])
 def test_two_binary_columns_render_and_report_read_the_one_annotate_read(tmp_path, photos, tiny_vitpose, large,
                                                                         shared_ray):

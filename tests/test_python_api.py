@@ -104,3 +104,13 @@ def test_bad_images_are_rows_and_bad_calls_are_one_line(tmp_path, photos, tiny_v
     with pytest.raises(vb.OutputRowsError, match="carry no settings"):
         vb.write_output(plain, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_gpu_asked_for_on_a_cluster_without_one_is_refused_at_once(tiny_vitpose, shared_ray):
+    import ray
+
+    if ray.cluster_resources().get("GPU"):
+        pytest.skip("this cluster has a GPU")
+    ds = ray.data.from_arrow(pa.table({"image": [b"x"], "boxes": [[[1.0, 1.0, 10.0, 10.0]]]}))
+    with pytest.raises(vb.StageError, match=r"device 'cuda', but the Ray cluster has no GPU"):
+        vb.estimate_poses(ds, image_column="image", model=tiny_vitpose, boxes_column="boxes", device="cuda")

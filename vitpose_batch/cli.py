@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(the default is the seed page's RT-DETR, a hub id: it needs the hub or its cache)")
     boxes.add_argument("--boxes", help="person boxes instead of a detector: COCO annotations or detection results")
     annotate.add_argument("--image-root", help="where a COCO JSON INPUT's file_name entries live")
-    annotate.add_argument("--image-column", help="Parquet shards: the column holding encoded image bytes")
+    annotate.add_argument("--image-column", help="Parquet shards: the image column (encoded bytes, or a "
+                                                 "datasets-style struct<bytes, path>)")
     annotate.add_argument("--flip-test", action="store_true", help="average with mirrored crops")
     annotate.add_argument("--dataset-index", type=number(int, 0),
                           help="ViTPose++ dataset (0 COCO ... 5 COCO-WholeBody)")

@@ -108,10 +108,11 @@ def column_bytes(values: pa.Array, shard: str, image_root: str | None) -> tuple[
         if not valid[i] or not path:
             errors[i], retryable[i] = "no image in this row (null bytes and no path)", False
             continue
+        resolved = resolve_path(path, shard, image_root)
         try:
-            datas[i] = read_bytes(resolve_path(path, shard, image_root))
+            datas[i] = read_bytes(resolved)
         except ImageError as exc:
-            errors[i], retryable[i] = f"{exc} ({path})", exc.retryable
+            errors[i], retryable[i] = f"{exc} ({resolved})", exc.retryable
     return datas, errors, retryable
 
 

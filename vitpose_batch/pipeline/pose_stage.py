@@ -57,6 +57,9 @@ def estimate_poses(ds, *, image_column: str, model: str, detector: str | None = 
         check_columns(schema, image_column, boxes_column)
     resources = ray.cluster_resources()
     device = ("cuda" if resources.get("GPU", 0) else "cpu") if device == "auto" else device
+    if device.startswith("cuda") and not resources.get("GPU", 0):  # else the actors wait for a GPU forever
+        raise StageError(f"estimate_poses: device {device!r}, but the Ray cluster has no GPU "
+                         f"({int(resources.get('CPU', 0))} CPUs); use device='cpu' or 'auto'")
     pool, actor_cpus, threads = plan_actors(resources, device, SimpleNamespace(actors=actors,
                                                                                cpus_per_actor=cpus_per_actor))
     gpu = device.startswith("cuda")

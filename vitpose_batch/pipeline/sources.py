@@ -165,7 +165,9 @@ def list_input(input_uri: str, image_root: str | None = None, image_column: str 
         tars = list(walk(_is_tar))
         if tars:
             return Listing("tar", lambda: iter(()), shards=tars)
-        raise InputError(f"input {input_uri!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+        shards = next(walk(lambda p: p.endswith(".parquet")), None)
+        hint = f"; it holds Parquet shards ({shards}): name their image column with --image-column" if shards else ""
+        raise InputError(f"input {input_uri!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found{hint}")
     # loose images, and maybe .tar shards beside them: the shards are noted as the walk meets them and read too
     listing = Listing("files", lambda: iter(()), shards=[])
 
