@@ -24,8 +24,6 @@ Plain Python only: no torch / Ray, so it is cheap to import anywhere
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 __all__ = [
     "KeypointSet",
     "COCO",
@@ -42,116 +40,7 @@ __all__ = [
     "get_keypoint_set",
 ]
 
-RGB = tuple[int, int, int]
-
-# mmpose's visualisation convention: one colour family per body side so a
-# flipped (mirrored) prediction is obvious at a glance.
-LEFT_COLOR: RGB = (0, 255, 0)
-RIGHT_COLOR: RGB = (255, 128, 0)
-CENTER_COLOR: RGB = (51, 153, 255)
-
-
-@dataclass(frozen=True)
-class KeypointSet:
-    """Immutable description of one dataset's keypoint layout."""
-
-    name: str
-    keypoint_names: tuple[str, ...]
-    flip_pairs: tuple[tuple[int, int], ...]
-    skeleton: tuple[tuple[int, int], ...]
-    sigmas: tuple[float, ...]
-    keypoint_colors: tuple[RGB, ...]
-    edge_colors: tuple[RGB, ...]
-
-    def __post_init__(self) -> None:
-        # Catch table typos at import time rather than as silently wrong
-        # flip-test results or OKS scores much later.
-        k = len(self.keypoint_names)
-        if len(set(self.keypoint_names)) != k:
-            raise ValueError(f"{self.name}: keypoint names are not unique")
-        if len(self.sigmas) != k or len(self.keypoint_colors) != k:
-            raise ValueError(
-                f"{self.name}: expected {k} sigmas/colours, got "
-                f"{len(self.sigmas)} sigmas and {len(self.keypoint_colors)} colours"
-            )
-        if len(self.edge_colors) != len(self.skeleton):
-            raise ValueError(f"{self.name}: need one edge colour per skeleton edge")
-        for a, b in self.skeleton:
-            if not (0 <= a < k and 0 <= b < k) or a == b:
-                raise ValueError(f"{self.name}: bad skeleton edge ({a}, {b})")
-        seen: set[int] = set()
-        for a, b in self.flip_pairs:
-            if not (0 <= a < k and 0 <= b < k) or a == b or a in seen or b in seen:
-                raise ValueError(f"{self.name}: bad or repeated flip pair ({a}, {b})")
-            seen.update((a, b))
-
-    @property
-    def num_keypoints(self) -> int:
-        """Number of keypoints K."""
-        return len(self.keypoint_names)
-
-    def flip_permutation(self) -> list[int]:
-        """Index map for horizontal flips: ``perm[i]`` is i's mirror (or i)."""
-        perm = list(range(self.num_keypoints))
-        for a, b in self.flip_pairs:
-            perm[a], perm[b] = b, a
-        return perm
-
-
-# --------------------------------------------------------------------------
-# Construction helpers
-# --------------------------------------------------------------------------
-
-
-def _side(name: str) -> str:
-    """'left', 'right' or 'center' judged from a keypoint name's prefix."""
-    lowered = name.lower()
-    if lowered.startswith(("left_", "l_")):
-        return "left"
-    if lowered.startswith(("right_", "r_")):
-        return "right"
-    return "center"
-
-
-_SIDE_COLOR: dict[str, RGB] = {
-    "left": LEFT_COLOR,
-    "right": RIGHT_COLOR,
-    "center": CENTER_COLOR,
-}
-
-
-def _make(
-    name: str,
-    keypoint_names: tuple[str, ...],
-    flip_pairs: tuple[tuple[int, int], ...],
-    edges_by_name: tuple[tuple[str, str], ...],
-    sigmas: tuple[float, ...],
-) -> KeypointSet:
-    """Build a KeypointSet, resolving skeleton names and deriving colours.
-
-    The skeleton is written with names because index-only edge lists are easy
-    to get subtly wrong and hard to review.
-    """
-    index = {n: i for i, n in enumerate(keypoint_names)}
-    skeleton = tuple((index[a], index[b]) for a, b in edges_by_name)
-    sides = [_side(n) for n in keypoint_names]
-    kpt_colors = tuple(_SIDE_COLOR[s] for s in sides)
-    # An edge takes its side's colour only when both ends are on that side;
-    # edges crossing the midline (torso, face) are drawn in the centre colour.
-    edge_colors = tuple(
-        _SIDE_COLOR[sides[a]] if sides[a] == sides[b] else CENTER_COLOR
-        for a, b in skeleton
-    )
-    return KeypointSet(
-        name=name,
-        keypoint_names=keypoint_names,
-        flip_pairs=flip_pairs,
-        skeleton=skeleton,
-        sigmas=tuple(float(s) for s in sigmas),
-        keypoint_colors=kpt_colors,
-        edge_colors=edge_colors,
-    )
-
+from .keypoint_set import CENTER_COLOR, LEFT_COLOR, RIGHT_COLOR, KeypointSet, make_keypoint_set
 
 # --------------------------------------------------------------------------
 # COCO (17)
@@ -202,7 +91,7 @@ _COCO_SIGMAS = tuple(
               1.07, 1.07, .87, .87, .89, .89)
 )  # fmt: skip
 
-COCO = _make("coco", _COCO_NAMES, _COCO_FLIP_PAIRS, _COCO_EDGES, _COCO_SIGMAS)
+COCO = make_keypoint_set("coco", _COCO_NAMES, _COCO_FLIP_PAIRS, _COCO_EDGES, _COCO_SIGMAS)
 
 
 # --------------------------------------------------------------------------
@@ -304,7 +193,7 @@ _WB_HAND_SIGMAS = (
 
 _WB_SIGMAS = _COCO_SIGMAS + _WB_FOOT_SIGMAS + _WB_FACE_SIGMAS + _WB_HAND_SIGMAS + _WB_HAND_SIGMAS
 
-COCO_WHOLEBODY = _make("coco_wholebody", _WB_NAMES, _WB_FLIP_PAIRS, _WB_EDGES, _WB_SIGMAS)
+COCO_WHOLEBODY = make_keypoint_set("coco_wholebody", _WB_NAMES, _WB_FLIP_PAIRS, _WB_EDGES, _WB_SIGMAS)
 
 
 # --------------------------------------------------------------------------
@@ -347,7 +236,7 @@ _MPII_SIGMAS = (
     0.062, 0.072, 0.179, 0.179, 0.072, 0.062,
 )  # fmt: skip
 
-MPII = _make("mpii", _MPII_NAMES, _MPII_FLIP_PAIRS, _MPII_EDGES, _MPII_SIGMAS)
+MPII = make_keypoint_set("mpii", _MPII_NAMES, _MPII_FLIP_PAIRS, _MPII_EDGES, _MPII_SIGMAS)
 
 
 # --------------------------------------------------------------------------
@@ -389,7 +278,7 @@ _AIC_SIGMAS = (
     0.01291456, 0.01236173,
 )  # fmt: skip
 
-AIC = _make("aic", _AIC_NAMES, _AIC_FLIP_PAIRS, _AIC_EDGES, _AIC_SIGMAS)
+AIC = make_keypoint_set("aic", _AIC_NAMES, _AIC_FLIP_PAIRS, _AIC_EDGES, _AIC_SIGMAS)
 
 
 # --------------------------------------------------------------------------
@@ -436,8 +325,8 @@ _ANIMAL_SIGMAS = (
     0.062, 0.107, 0.087, 0.089, 0.107, 0.087, 0.089,
 )  # fmt: skip
 
-AP10K = _make("ap10k", _ANIMAL_NAMES, _ANIMAL_FLIP_PAIRS, _ANIMAL_EDGES, _ANIMAL_SIGMAS)
-APT36K = _make("apt36k", _ANIMAL_NAMES, _ANIMAL_FLIP_PAIRS, _ANIMAL_EDGES, _ANIMAL_SIGMAS)
+AP10K = make_keypoint_set("ap10k", _ANIMAL_NAMES, _ANIMAL_FLIP_PAIRS, _ANIMAL_EDGES, _ANIMAL_SIGMAS)
+APT36K = make_keypoint_set("apt36k", _ANIMAL_NAMES, _ANIMAL_FLIP_PAIRS, _ANIMAL_EDGES, _ANIMAL_SIGMAS)
 
 
 # --------------------------------------------------------------------------
