@@ -130,3 +130,14 @@ def test_help_starts_without_heavy_imports():
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-500:]
+
+
+def test_both_export_commands_take_both_format_spellings():
+    """export-coco names its formats results / dataset, export coco-results / coco-dataset: each takes the other's."""
+    parser = build_parser()
+    for command, given, meant in [("export-coco", "coco-dataset", "dataset"), ("export-coco", "coco-results", "results"),
+                                  ("export-coco", "dataset", "dataset"), ("export", "dataset", "coco-dataset"),
+                                  ("export", "results", "coco-results"), ("export", "label-studio", "label-studio")]:
+        assert parser.parse_args([command, "out", "x.json", "--format", given]).format == meant
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "out", "x.json", "--format", "coco-labels"])

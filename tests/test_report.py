@@ -262,3 +262,20 @@ def check_in_chromium(report_html: Path, tmp_path: Path) -> None:
     # the embedded PNGs and JPEGs decoded and drawn: photos bring thousands of colours text cannot
     assert colours(full) > colours(bare) + 2000
 
+
+
+def test_an_image_that_cannot_be_read_is_said_once(tmp_path, caplog):
+    """Several picked persons of one vanished image: each overlay says why, the log says it once."""
+    import logging
+
+    from vitpose_batch.review.report.samples import make_overlay
+
+    keypoints = np.zeros((17, 3), np.float32)
+    gone = str(tmp_path / "gone.jpg")
+    samples = [rp.Sample(group, 0.5, gone, 600, 400, np.array([300, 180, 60, 80], np.float32), keypoints)
+               for group in ("lowest", "median", "highest")]
+    warned: set[str] = set()
+    with caplog.at_level(logging.WARNING):
+        overlays = [make_overlay(s, "coco", None, warned) for s in samples]
+    assert all(o.data_uri is None and "cannot read" in o.problem for o in overlays)
+    assert [r.getMessage() for r in caplog.records].count(f"report: cannot draw {gone} ({overlays[0].problem})") == 1

@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("predictions", help="annotate OUTPUT (folder / prefix) or one .parquet file")
     export.add_argument("output_json", help="the JSON file to write (local or fsspec URL)")
     export.add_argument("--format", choices=["results", "dataset"], default="results",
-                        help="results: [{image_id, keypoints, score}]; dataset: images + annotations + categories")
+                        type=lambda name: name.removeprefix("coco-"),  # export's names (coco-dataset) work too
+                        help="results: [{image_id, keypoints, score}]; dataset: images + annotations + categories "
+                             "(coco-results / coco-dataset, as `export` names them, are the same)")
     export.add_argument("--min-person-score", type=SCORE, default=0.0, help="leave out persons scored below")
     export.add_argument("--min-keypoint-score", type=SCORE, default=0.0,
                         help="dataset format: keypoints scored below are exported unlabelled (v=0)")
@@ -145,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_to.add_argument("predictions", help="annotate OUTPUT (folder / prefix) or one .parquet file")
     export_to.add_argument("output", help="the JSON file to write (local or fsspec URL)")
     export_to.add_argument("--format", required=True, choices=["coco-results", "coco-dataset", "label-studio"],
-                           help="coco-results: [{image_id, keypoints, score}] as predicted; coco-dataset: images + "
+                           type=lambda name: f"coco-{name}" if name in ("results", "dataset") else name,
+                           help="coco-results: [{image_id, keypoints, score}] as predicted (or: results); "
+                                "coco-dataset (or: dataset): images + "
                                 "annotations (area = person box w*h) + categories; label-studio: import tasks with "
                                 "the persons as predictions, plus <OUTPUT stem>.label_config.xml")
     export_to.add_argument("--min-person-score", type=SCORE, default=0.0, help="leave out persons scored below")

@@ -191,9 +191,11 @@ class Overlay:
     problem: str | None = None
 
 
-def make_overlay(sample: Sample, keypoint_set: str | None, source: ImageSource | None = None) -> Overlay:
+def make_overlay(sample: Sample, keypoint_set: str | None, source: ImageSource | None = None,
+                 warned: set[str] | None = None) -> Overlay:
     """Read and decode the sample's image as annotate did (shard rows through the image column the runs recorded:
-    `source`), draw its person, crop; a failure becomes the caption."""
+    `source`), draw its person, crop; a failure becomes the caption, and one warning per image (`warned`: the images
+    already warned about, when several samples share one)."""
     try:
         image = read_image(sample.image_uri, source)
         problem = None
@@ -203,5 +205,8 @@ def make_overlay(sample: Sample, keypoint_set: str | None, source: ImageSource |
         return Overlay(sample, jpeg_data_uri(draw_overlay(image, sample, keypoint_set)), problem)
     except Exception as exc:  # noqa: BLE001 - a vanished or changed image must not end the report
         text = " ".join(str(exc).split())[:160] or type(exc).__name__
-        log.warning("report: cannot draw %s (%s)", sample.image_uri, text)
+        if warned is None or sample.image_uri not in warned:
+            log.warning("report: cannot draw %s (%s)", sample.image_uri, text)
+        if warned is not None:
+            warned.add(sample.image_uri)
         return Overlay(sample, None, text)
