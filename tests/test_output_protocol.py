@@ -257,3 +257,20 @@ def test_job_record_is_json_with_the_version(tmp_path):
     record = provenance.create_record(output, base)
     assert json.loads((tmp_path / "_job.json").read_text()) == record
     assert record["created_by"] == provenance.package_version()
+
+
+def test_a_growing_key_set_answers_as_one_sorted_set():
+    """write_output's own-writes set: added batch by batch, its answers are a single KeySet's over the same keys."""
+    import numpy as np
+
+    from vitpose_batch.output.resume import GrowingKeySet, KeySet, uri_keys
+
+    rng = np.random.default_rng(0)
+    growing, added = GrowingKeySet(), []
+    for batch in range(40):
+        keys = uri_keys([f"s3://b/{batch}/{i}.jpg" for i in range(int(rng.integers(0, 50)))])
+        growing.add(keys)
+        added.append(keys)
+        probe = uri_keys([f"s3://b/{int(rng.integers(0, 45))}/{i}.jpg" for i in range(60)])
+        np.testing.assert_array_equal(growing.contains(probe), KeySet(np.concatenate(added)).contains(probe))
+    assert len(growing.levels) <= 1 + int(np.log2(sum(len(k) for k in added)))

@@ -130,28 +130,22 @@ def write_output(ds, output: str, *, key_column: str = "image_uri", model: str |
     source = f"a Ray Dataset (write_output, keyed by {key_column})"
     started = time.time()
     try:
-        record = provenance.load_record(output)  # again, under the lease: it cannot change from here on
-        if record is None:
-            provenance.create_record(output, wanted)
-        else:
-            provenance.check_settings(output, record, wanted)
-            provenance.upgrade_record(output, record, wanted)
+        provenance.settle_record(output, wanted)  # again, under the lease: it cannot change from here on
+        runs.mark_dead_runs(output)
         keypoint_set = get_keypoint_set(wanted.keypoint_set)
         metadata = parts.part_metadata(wanted.as_dict(), keypoint_set.keypoint_names, keypoint_set.name,
                                        provenance.package_version(), run_id)
         runs.write_run_record(output, run_id, "running", started, asdict(summary), input=source)
         parts.recover_staging(output)
         done = resume.scan_output(output).finished
-        seen: list[np.ndarray] = []
+        written = resume.GrowingKeySet()  # this run's keys: a key the dataset repeats is written once
         writer = parts.PartWriter(output, run_id, output_schema(first), metadata,
                                   rows_per_file=rows_per_file or DEFAULT_ROWS_PER_FILE,
                                   commit_interval=commit_interval or DEFAULT_COMMIT_INTERVAL_S, check=lease.check)
         table = first
         while table is not None:
             keys = resume.uri_keys(table.column("image_uri"))
-            fresh = ~done.contains(keys)
-            if seen:
-                fresh &= ~resume.KeySet(np.concatenate(seen)).contains(keys)
+            fresh = ~done.contains(keys) & ~written.contains(keys)
             _, first_of_key = np.unique(keys, axis=0, return_index=True)  # a key twice in one batch: once
             once = np.zeros(len(keys), bool)
             once[first_of_key] = True
@@ -159,7 +153,7 @@ def write_output(ds, output: str, *, key_column: str = "image_uri", model: str |
             summary.skipped += int((~fresh).sum())
             if fresh.any():
                 writer.add(table.filter(pa.array(fresh)))
-                seen.append(keys[fresh])
+                written.add(keys[fresh])
             table = next(batches, None)
             table = keyed(table, key_column) if table is not None else None
         writer.close()

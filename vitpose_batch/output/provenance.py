@@ -222,3 +222,13 @@ def upgrade_record(output: str, record: dict, wanted: Provenance) -> dict:
                 "created_by": record.get("created_by", "unknown")}
     fs.pipe_file(f"{folder}/{JOB_RECORD}", json.dumps(upgraded, indent=2).encode())
     return upgraded
+
+
+def settle_record(output: str, wanted: Provenance) -> dict:
+    """Under the lease, before the first commit: OUTPUT's `_job.json` created with `wanted`, or checked against it
+    (SettingsChanged) and given fingerprints if it predates them. Returns the record."""
+    record = load_record(output)
+    if record is None:
+        return create_record(output, wanted)
+    check_settings(output, record, wanted)
+    return upgrade_record(output, record, wanted)

@@ -82,6 +82,28 @@ class KeySet:
         return KeySet(mine[~other.contains(mine)])
 
 
+class GrowingKeySet:
+    """Keys added batch by batch (a run's own writes), with KeySet's vectorised membership: a few sorted KeySets
+    whose sizes at least double from the newest to the oldest, merged as they fill (a log-structured merge), so n keys
+    cost O(n log n) in all to add, not a re-sort of everything seen at every batch; 16 bytes per key."""
+
+    def __init__(self) -> None:
+        self.levels: list[tuple[np.ndarray, KeySet]] = []  # (keys, their KeySet), oldest and largest first
+
+    def add(self, keys: np.ndarray) -> None:
+        keys = keys.reshape(-1, 2)
+        while self.levels and len(self.levels[-1][0]) <= len(keys):
+            keys = np.concatenate([self.levels.pop()[0], keys])
+        if len(keys):
+            self.levels.append((keys, KeySet(keys)))
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(keys.reshape(-1, 2)), bool)
+        for _, level in self.levels:
+            found |= level.contains(keys)
+        return found
+
+
 @dataclass
 class OutputState:
     """What OUTPUT holds: every committed image's key, and the error rows that may be redone."""

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from vitpose_batch.files.storage import open_filesystem
-from vitpose_batch.output.provenance import RUNS, package_version
+from vitpose_batch.output.provenance import RUNS, package_version, read_run_records
 
 COUNTS = ("images", "persons", "errors", "skipped", "redone", "recovered", "files")
 
@@ -33,3 +33,12 @@ def write_run_record(output: str, run_id: str, status: str, started: float, coun
     }
     fs.makedirs(f"{folder}/{RUNS}", exist_ok=True)
     fs.pipe_file(f"{folder}/{RUNS}/{run_id}.json", json.dumps(record, indent=2).encode())
+
+
+def mark_dead_runs(output: str) -> None:
+    """Runs recorded as running while we hold the lease died without a word (SIGKILL, lost node): say so."""
+    fs, folder = open_filesystem(output)
+    for path, record in read_run_records(fs, folder):
+        if record is not None and record.get("status") == "running":
+            record.update(status="killed", ended=None)
+            fs.pipe_file(path, json.dumps(record, indent=2).encode())

@@ -9,7 +9,6 @@ other settings is refused), then crash recovery and the resume scan. `vitpose_ba
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -17,7 +16,6 @@ from dataclasses import dataclass, field
 
 from vitpose_batch.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DETECTOR, DEFAULT_MODEL
 from vitpose_batch.files.addresses import split_image_uri
-from vitpose_batch.files.storage import open_filesystem
 from vitpose_batch.files.uris import canonical_prefix, canonical_uri
 from vitpose_batch.output import lease as leases
 from vitpose_batch.output import parts, provenance, resume, runs
@@ -162,17 +160,12 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
     summary = Summary(run_id=run_id)
     try:
         # under the lease: the record cannot change between this check and the first commit
-        record = provenance.load_record(opts.output)
-        if record is None:
-            record = provenance.create_record(opts.output, wanted)
-        else:
-            provenance.check_settings(opts.output, record, wanted)
-            record = provenance.upgrade_record(opts.output, record, wanted)
+        record = provenance.settle_record(opts.output, wanted)
         version = provenance.package_version()
         if record.get("created_by") not in (version, None):
             log.warning("%s was created by vitpose-batch %s; this run is %s (recorded per run in %s/)",
                         opts.output, record.get("created_by"), version, RUNS)
-        mark_dead_runs(opts.output)
+        runs.mark_dead_runs(opts.output)
         write_run_record(opts, run_id, "running", started, summary)
         summary.recovered = parts.recover_staging(opts.output)
         metadata = parts.part_metadata(wanted.as_dict(), keypoint_set.keypoint_names, keypoint_set.name, version,
@@ -336,15 +329,6 @@ def _keys(redo: dict[bytes, tuple[str, str]]):
     if not redo:
         return np.zeros((0, 2), np.uint64)
     return np.frombuffer(b"".join(redo), dtype=np.uint64).reshape(-1, 2)
-
-
-def mark_dead_runs(output: str) -> None:
-    """Runs recorded as running while we hold the lease died without a word (SIGKILL, lost node): say so."""
-    fs, folder = open_filesystem(output)
-    for path, record in provenance.read_run_records(fs, folder):
-        if record is not None and record.get("status") == "running":
-            record.update(status="killed", ended=None)
-            fs.pipe_file(path, json.dumps(record, indent=2).encode())
 
 
 def write_run_record(opts: AnnotateOptions, run_id: str, status: str, started: float, summary: Summary,
