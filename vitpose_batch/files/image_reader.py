@@ -16,6 +16,7 @@ the runs recorded (`ImageSource`).
 
 from __future__ import annotations
 
+import os
 import posixpath
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -196,11 +197,8 @@ def read_image_bytes(image_uri: str, source: ImageSource | None = None) -> bytes
     """The encoded bytes of the image behind `image_uri`: a plain file (a local file of exactly that name wins over
     any '#' reading), a tar member, or a Parquet row read through `source`'s image column."""
     local = local_path_of(image_uri)
-    if "#" in image_uri and local is not None:
-        import os
-
-        if os.path.isfile(local):
-            return read_bytes(canonical_uri(image_uri))
+    if "#" in image_uri and local is not None and os.path.isfile(local):
+        return read_bytes(canonical_uri(image_uri))
     base, member, kind = split_image_uri(image_uri)
     if kind == "tar":
         return _tar_member_bytes(base, member)

@@ -118,8 +118,7 @@ def arrays_of(column: pa.ChunkedArray) -> list[Any]:
     out: list[Any] = []
     for chunk in column.chunks:
         if isinstance(chunk, pa.ExtensionArray) and hasattr(chunk, "to_numpy"):
-            values = chunk.to_numpy()
-            rows = list(values) if isinstance(values, np.ndarray) and values.dtype != object else list(values)
+            rows = list(chunk.to_numpy())  # one stacked array, or an object array of differently shaped ones
         else:
             rows = [None if v is None else np.asarray(v) for v in chunk.to_pylist()]
         valid = chunk.is_valid().to_pylist()

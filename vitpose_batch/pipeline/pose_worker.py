@@ -165,8 +165,9 @@ class PoseWorker:
         if given:
             boxes, scores = [], []
             for item in chosen:
-                usable = self.usable(item)
-                boxes.append(to_reduced(item.boxes[usable], item.reduction))
+                reduced = to_reduced(item.boxes, item.reduction)  # in the pixels decoded
+                usable = self.usable(item, reduced)
+                boxes.append(reduced[usable])
                 scores.append(item.box_scores[usable])
         estimated = self.estimator([item.image for item in chosen], boxes=boxes, box_scores=scores,
                                    dataset_index=self.dataset_index)
@@ -176,11 +177,11 @@ class PoseWorker:
                 result["boxes"] = boxes_to_full(result["boxes"], item.reduction)
             results[i] = result
 
-    def usable(self, item: Decoded) -> np.ndarray:
-        """Mask of `item`'s boxes that can be cropped; the others, with their reasons, go to `item.dropped` when they
-        came from the boxes file (a detector's own boxes are not "given": none is reported)."""
-        hw = tuple(item.image.shape[:2])
-        problems = box_problems(to_reduced(item.boxes, item.reduction), hw)
+    def usable(self, item: Decoded, reduced: np.ndarray) -> np.ndarray:
+        """Mask of `item`'s boxes (`reduced`: them in the decoded image's pixels) that can be cropped; the others,
+        with their reasons, go to `item.dropped` when they came from the boxes file (a detector's own boxes are not
+        "given": none is reported)."""
+        problems = box_problems(reduced, tuple(item.image.shape[:2]))
         if self.report_dropped:
             item.dropped = [{"reason": p, "bbox": box.tolist()} for p, box in zip(problems, item.boxes) if p]
         return np.array([p is None for p in problems], dtype=bool)
