@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 import pyarrow as pa  # noqa: E402
 
 from vitpose_batch.output import parts, resume  # noqa: E402
-from vitpose_batch.files.storage import open_filesystem  # noqa: E402
-from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA  # noqa: E402
+from vitpose_batch.output.layout import Output  # noqa: E402
+from vitpose_batch.schemas.predictions import FRAME_FIELDS, PREDICTION_SCHEMA  # noqa: E402
 
 PREFIX = "s3://corpus-bucket/photos/2026/11/24"
 
@@ -44,11 +44,13 @@ def rows(start: int, stop: int) -> pa.Table:
         "width": pa.array([640] * n, pa.int32()), "height": pa.array([480] * n, pa.int32()),
         "persons": pa.array([[]] * n, PREDICTION_SCHEMA.field("persons").type),
         "error": pa.nulls(n, pa.string()), "error_retryable": pa.nulls(n, pa.bool_()),
+        **{f.name: pa.nulls(n, f.type) for f in FRAME_FIELDS},
     }, schema=PREDICTION_SCHEMA)
 
 
 def fabricate(output: str, images: int) -> int:
-    fs, folder = open_filesystem(output)
+    opened = Output.open(output)
+    fs, folder = opened.fs, opened.folder
     files = 0
     for seq, start in enumerate(range(0, images, parts.DEFAULT_ROWS_PER_FILE)):
         stop = min(images, start + parts.DEFAULT_ROWS_PER_FILE)
@@ -69,7 +71,7 @@ def listing(images: int, new_share: float, chunk: int = 65_536):
 def decide(output: str, images: int, new_share: float) -> None:
     """The resume decision alone (run in its own process, so its peak RSS is the decision's)."""
     start = time.perf_counter()
-    state = resume.scan_output(output)
+    state = resume.scan_output(Output.open(output))
     scanned = time.perf_counter() - start
     plan = resume.ResumePlan()
     for _ in resume.filter_listing(listing(images, new_share), state, plan):
@@ -83,7 +85,7 @@ def decide(output: str, images: int, new_share: float) -> None:
 
 def files_per_million(workdir: str) -> None:
     output = os.path.join(workdir, "million")
-    writer = parts.PartWriter(output, "bench", PREDICTION_SCHEMA, {})
+    writer = parts.PartWriter(Output.open(output), "bench", PREDICTION_SCHEMA, {})
     for start in range(0, 1_000_000, 1_000):  # rows arrive from the actors a batch at a time
         writer.add(rows(start, start + 1_000))
     writer.close()

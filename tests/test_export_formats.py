@@ -23,6 +23,7 @@ from vitpose_batch.cli import main
 from vitpose_batch.review.evaluate import METRICS, evaluate, load_ground_truth, load_results, predictions_keypoint_set
 from vitpose_batch.review.export import export, export_coco, label_config_path
 from vitpose_batch.review.label_studio import parse_image_prefix, rewrite_uri
+from vitpose_batch.output.layout import Output
 from vitpose_batch.output.parts import part_metadata, with_metadata, write_parquet_atomic
 from vitpose_batch.output.provenance import Provenance, create_record
 from tests.test_coco_schema import error_row, gt_rows, table_of
@@ -42,7 +43,7 @@ def write_output(folder: Path, parts: list[list[dict]], keypoint_set: str = "coc
     metadata = part_metadata(provenance.as_dict(), names, keypoint_set, VERSION, "run0")
     for i, rows in enumerate(parts):
         write_parquet_atomic(LOCAL, with_metadata(table_of(rows), metadata), str(folder / f"part-run0-{i:05d}.parquet"))
-    create_record(str(folder), provenance)
+    create_record(Output.open(str(folder)), provenance)
     return str(folder)
 
 
@@ -330,19 +331,20 @@ def test_evaluate_uses_the_sets_sigmas(tmp_path, keypoint_set):
     assert evaluate(exact, gt_file)["AP"] == pytest.approx(1.0)
 
     noisy = write_output(tmp_path / "noisy", [predicted], keypoint_set)
-    results, _ = load_results(noisy)
+    results, _ = load_results(Output.open(noisy))
     expected = cocoeval_stats(gt_file, results, np.asarray(kset.sigmas))
     assert 0.0 < expected[0] < 1.0
     assert stats_of(evaluate(noisy, gt_file, raw=True)) == pytest.approx(expected, abs=1e-12)
     assert 0.0 < evaluate(noisy, gt_file)["AP"] <= 1.0
     # the set (hence the sigmas) comes from the metadata, not from the count (17 would be COCO)
-    assert predictions_keypoint_set(noisy, load_ground_truth(gt_file), results) is kset
+    assert predictions_keypoint_set(Output.open(noisy), load_ground_truth(gt_file), results) is kset
 
     # a results JSON has no metadata: the ground truth's keypoint names pick the set
     results_file = tmp_path / "results.json"
     results_file.write_text(json.dumps(results))
     named_gt = ground_truth_file(tmp_path / "named.json", kset.keypoint_names, truth)
-    assert predictions_keypoint_set(str(results_file), load_ground_truth(named_gt), results).name == keypoint_set
+    assert predictions_keypoint_set(Output.open(str(results_file)), load_ground_truth(named_gt), results).name \
+        == keypoint_set
     assert stats_of(evaluate(str(results_file), named_gt, raw=True)) == pytest.approx(expected, abs=1e-12)
 
 

@@ -199,13 +199,14 @@ def test_readers_exit_with_their_own_status(tmp_path):
         pq.write_table(table_of(rows[i:i + 1]), output / f"part-r-{i:06d}.parquet")
     script = (
         "import sys\n"
+        "from vitpose_batch.output.layout import Output\n"
         "from vitpose_batch.output.resume import scan_output\n"
         "from vitpose_batch.output.parts import iter_part_tables\n"
         "from vitpose_batch.review.export import export_coco\n"
         "from vitpose_batch.review.evaluate import evaluate\n"
         "from vitpose_batch.review.render import render\n"
         "out, tmp, gt = sys.argv[1:]\n"
-        "assert scan_output(out).rows == 4\n"
+        "assert scan_output(Output.open(out)).rows == 4\n"
         "assert sum(t.num_rows for t in iter_part_tables(out)) == 4\n"
         "export_coco(out, tmp + '/r.json')\n"
         "assert evaluate(out, gt)['AP'] > 0.9\n"

@@ -18,6 +18,7 @@ import pytest
 
 from vitpose_batch.output import lease as leases
 from vitpose_batch.output import parts, provenance, resume
+from vitpose_batch.output.layout import Output
 from vitpose_batch.files.uris import canonical_prefix, canonical_uri
 from vitpose_batch.pipeline.sources import list_input, walk_local
 from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA, make_table
@@ -104,19 +105,21 @@ def test_local_lease_refuses_a_second_run_and_passes_on_when_its_holder_dies(tmp
     output = str(tmp_path / "out")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from vitpose_batch.output.lease import LocalLease; "
-         f"LocalLease({output!r}, 'run-A').acquire(); print('held', flush=True); time.sleep(600)"],
+         "from vitpose_batch.output.layout import Output; "
+         f"LocalLease(Output.open({output!r}), 'run-A').acquire(); print('held', flush=True); time.sleep(600)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(leases.LeaseHeld, match=rf"run run-A \(pid {holder.pid} on .*\)"):
-            leases.LocalLease(output, "run-B").acquire()
+            leases.LocalLease(Output.open(output), "run-B").acquire()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    with leases.LocalLease(output, "run-B"):  # the kernel dropped the dead holder's lock: taken over at once
+    # the kernel dropped the dead holder's lock: taken over at once
+    with leases.LocalLease(Output.open(output), "run-B"):
         with pytest.raises(leases.LeaseHeld, match="run run-B"):
-            leases.LocalLease(output, "run-C").acquire()
-    with leases.LocalLease(output, "run-C"):
+            leases.LocalLease(Output.open(output), "run-C").acquire()
+    with leases.LocalLease(Output.open(output), "run-C"):
         pass
 
 
@@ -124,7 +127,7 @@ def test_local_lease_refuses_a_second_run_and_passes_on_when_its_holder_dies(tmp
 def test_object_store_lease_race_takeover_and_loss(store, request):
     env = request.getfixturevalue(f"{store}_env")
     bucket = env.make_bucket(f"lease-{store}")
-    output = f"{'s3' if store == 's3' else 'gs'}://{bucket}/out"
+    output = Output.open(f"{'s3' if store == 's3' else 'gs'}://{bucket}/out")
     first = leases.make_lease(output, "run-A", ttl_s=2.0)
     second = leases.make_lease(output, "run-B", ttl_s=2.0)
     first.acquire()
@@ -154,8 +157,8 @@ def test_object_store_lease_race_takeover_and_loss(store, request):
 
 def test_parts_are_right_sized_and_staged_progress_survives_a_kill(tmp_path):
     output = str(tmp_path / "out")
-    writer = parts.PartWriter(output, "run1", PREDICTION_SCHEMA, {"vitpose.run_id": "run1"}, rows_per_file=100,
-                              commit_interval=0.0)
+    writer = parts.PartWriter(Output.open(output), "run1", PREDICTION_SCHEMA, {"vitpose.run_id": "run1"},
+                              rows_per_file=100, commit_interval=0.0)
     uris = [f"/img/{i:04d}.jpg" for i in range(250)]
     for start in range(0, 250, 10):
         writer.add(rows(uris[start:start + 10]))
@@ -165,7 +168,7 @@ def test_parts_are_right_sized_and_staged_progress_survives_a_kill(tmp_path):
     assert [pq.read_metadata(Path(output) / n).num_rows for n in live] == [100, 100]
     assert len(list((Path(output) / "_staging").glob("*.staged"))) == 5
     del writer  # killed here: the next run folds the staged rows into a part of their own
-    assert parts.recover_staging(output) == 50
+    assert parts.recover_staging(Output.open(output)) == 50
     assert sorted(live_rows(output)) == uris
     assert not list((Path(output) / "_staging").iterdir())
     table = pq.read_table(Path(output) / "part-run1-000002.parquet")
@@ -175,7 +178,8 @@ def test_parts_are_right_sized_and_staged_progress_survives_a_kill(tmp_path):
 
 def test_crash_between_part_and_staging_cleanup_leaves_no_duplicate(tmp_path, monkeypatch):
     output = str(tmp_path / "out")
-    writer = parts.PartWriter(output, "run1", PREDICTION_SCHEMA, {}, rows_per_file=30, commit_interval=0.0)
+    writer = parts.PartWriter(Output.open(output), "run1", PREDICTION_SCHEMA, {}, rows_per_file=30,
+                              commit_interval=0.0)
     for start in range(0, 20, 10):
         writer.add(rows([f"/img/{i}.jpg" for i in range(start, start + 10)]))
     monkeypatch.setattr(writer.fs, "rm", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -183,7 +187,7 @@ def test_crash_between_part_and_staging_cleanup_leaves_no_duplicate(tmp_path, mo
         writer.add(rows([f"/img/{i}.jpg" for i in range(20, 30)]))
     monkeypatch.undo()
     assert len(list((Path(output) / "_staging").glob("*.staged"))) == 2
-    parts.recover_staging(output)
+    parts.recover_staging(Output.open(output))
     assert sorted(live_rows(output)) == sorted(f"/img/{i}.jpg" for i in range(30))
 
 
@@ -202,8 +206,8 @@ def test_settings_changes_are_named(tmp_path):
     base = dict(model=str(model), model_fingerprint=provenance.fingerprint(str(model)), detector=None,
                 detector_fingerprint=None, boxes="/b.json", boxes_fingerprint="sha256:1", flip_test=False,
                 dataset_index=None, dtype="fp32", decode={"blur": "original"}, keypoint_set="coco")
-    output = str(tmp_path / "out")
-    os.makedirs(output)
+    output = Output.open(str(tmp_path / "out"))
+    os.makedirs(output.folder)
     record = provenance.create_record(output, provenance.Provenance(**base))
     provenance.check_settings(output, record, provenance.Provenance(**base))
     for change, flag in [({"flip_test": True}, "--flip-test"), ({"dataset_index": 5}, "--dataset-index"),
@@ -220,14 +224,14 @@ def test_settings_changes_are_named(tmp_path):
 def test_corrupt_job_record_is_named(tmp_path):
     (tmp_path / "_job.json").write_text("{not json")
     with pytest.raises(provenance.RecordError, match=r"job record .*_job.json is corrupt"):
-        provenance.load_record(str(tmp_path))
+        provenance.load_record(Output.open(str(tmp_path)))
 
 
 # ------------------------------------------------------------------------------------------ resume and redo
 
 
 def test_resume_skips_done_images_and_redoes_errors_that_may_pass(tmp_path):
-    output = str(tmp_path / "out")
+    output = Output.open(str(tmp_path / "out"))
     writer = parts.PartWriter(output, "run1", PREDICTION_SCHEMA, {}, rows_per_file=1000)
     writer.add(rows(["/c/ok.jpg", "/c/blinked.jpg", "/c/corrupt.jpg", "/c/gone.jpg"],
                     [None, "cannot read after 6 attempts", "corrupt or truncated image", "cannot read"],
@@ -252,7 +256,7 @@ def test_resume_skips_done_images_and_redoes_errors_that_may_pass(tmp_path):
 
 
 def test_job_record_is_json_with_the_version(tmp_path):
-    output = str(tmp_path)
+    output = Output.open(str(tmp_path))
     base = provenance.Provenance("m", "sha256:1", None, None, "b", "sha256:2", False, None, "fp32")
     record = provenance.create_record(output, base)
     assert json.loads((tmp_path / "_job.json").read_text()) == record

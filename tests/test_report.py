@@ -21,6 +21,7 @@ from PIL import Image
 from vitpose_batch.review import report as rp
 from vitpose_batch.cli import build_parser, main as cli
 from vitpose_batch.output.parts import iter_part_tables
+from vitpose_batch.output.layout import Output
 from vitpose_batch.output.provenance import load_record
 from tests import coco_data
 from tests.conftest import ensure_shared_ray
@@ -159,7 +160,7 @@ def test_report_sections_and_counts(made):
     assert f"<b>{len(errors)}</b>error rows" in page
     assert rp.error_kind(errors[0]["error"]) in page and errors[0]["image_uri"] in page  # kind with its example
 
-    settings = load_record(str(made.output))["settings"]
+    settings = load_record(Output.open(str(made.output)))["settings"]
     assert settings["model_fingerprint"] in page and settings["boxes"] in page
     run = next((made.output / "_runs").glob("*.json")).stem
     assert run in page and "images/s" in page

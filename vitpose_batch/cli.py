@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     annotate = commands.add_parser("annotate", help="put keypoints on every image of INPUT, rows under OUTPUT")
-    annotate.add_argument("input", help="folder / prefix / glob of images, .tar or Parquet shards, or a COCO JSON; "
+    annotate.add_argument("input", help="folder / prefix / glob of images and videos (.mp4 .mov .mkv .avi .webm), "
+                                        ".tar or Parquet shards, or a COCO JSON; "
                                         "a name that exists is read as exactly that path (any characters); only "
                                         "when nothing exists under it is a name holding * ? [ a glob")
     annotate.add_argument("output", help="folder or prefix receiving Parquet part files")
@@ -117,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="redo every error row (by default a re-run redoes only failures that may pass)")
     annotate.add_argument("--rows-per-file", type=POSITIVE, default=DEFAULT_ROWS_PER_FILE,
                           help=f"rows per Parquet part (default {DEFAULT_ROWS_PER_FILE:,}; fewer only in a run's last)")
+    video = annotate.add_argument_group("videos", "every frame by default; one row per sampled frame, persons tracked")
+    sampling = video.add_mutually_exclusive_group()
+    sampling.add_argument("--frame-rate", type=number(float, 0.0, low_open=True), metavar="F",
+                          help="label the frames nearest to every 1/F seconds (presentation times)")
+    sampling.add_argument("--every-nth-frame", type=POSITIVE, metavar="N", help="label frames 0, N, 2N, ...")
+    video.add_argument("--detect-every", type=POSITIVE, default=1, metavar="N",
+                       help="run the detector on every Nth labelled frame; between, boxes come from the previous "
+                            "poses (default 1: every frame)")
+    video.add_argument("--segment-seconds", type=number(float, 0.0, low_open=True), default=60.0, metavar="S",
+                       help="videos are cut into segments of about S seconds (at keyframes) that run in parallel "
+                            "(default 60)")
     annotate.add_argument("--commit-interval", type=number(float, 0.0), default=DEFAULT_COMMIT_INTERVAL_S,
                           help="seconds between commits of finished rows: the most work a killed run loses "
                                f"(default {DEFAULT_COMMIT_INTERVAL_S:.0f})")
@@ -236,6 +248,7 @@ def one_line_reason(exc: BaseException) -> str:
 
 def annotate_command(args: argparse.Namespace) -> int:
     from vitpose_batch.pipeline.job import AnnotateOptions, run_annotate
+    from vitpose_batch.pipeline.video_segments import Sampling
 
     options = AnnotateOptions(
         input=args.input, output=args.output, model=args.model,
@@ -245,6 +258,8 @@ def annotate_command(args: argparse.Namespace) -> int:
         coco_json=args.coco_json, device=args.device, dtype=args.dtype, actors=args.actors,
         cpus_per_actor=args.cpus_per_actor, retry_errors=args.retry_errors, rows_per_file=args.rows_per_file,
         commit_interval=args.commit_interval, compile=args.compile,
+        sampling=Sampling(frame_rate=args.frame_rate, every_nth_frame=args.every_nth_frame,
+                          detect_every=args.detect_every, segment_s=args.segment_seconds),
     )
     summary = run_annotate(options)
     for line in summary.lines():

@@ -2,6 +2,8 @@
 
 * `shard.tar#member` (also .tar.gz, .tgz): a WebDataset member the listing found in that shard;
 * `shard.parquet#i` (also .pq, .parq): row i of a Parquet shard;
+* `video.mp4#frame=N` (also .mov, .mkv, .avi, .webm): frame N of a video, in presentation order from 0 (the one
+  spelling: `frame_uri`);
 * anything else: a plain file (a '#' elsewhere is part of its name).
 
 Pure string functions: no I/O. A plain file whose own name holds `.tar#` reads here as a member; annotate's listing
@@ -18,11 +20,28 @@ from typing import Any
 # `shard#member` only when the part before '#' is a shard: a '#' elsewhere is part of an ordinary file name.
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+FRAME_MARK = "#frame="
+
+
+def frame_uri(video_uri: str, frame_index: int) -> str:
+    """The address of frame `frame_index` (0-based, presentation order) of a video: `video_uri#frame=N`."""
+    return f"{video_uri}{FRAME_MARK}{int(frame_index)}"
+
+
+def split_frame_uri(uri: str) -> tuple[str, int] | None:
+    """`(video_uri, frame_index)` for a frame address (`frame_uri`), else None."""
+    base, member, kind = split_image_uri(uri)
+    return (base, int(member)) if kind == "frame" else None
 
 
 def split_image_uri(uri: str) -> tuple[str, str | None, str | None]:
     """`(shard_or_file_uri, member, kind)`: kind "tar" (member = name inside the tar), "parquet" (member = row
-    index as text) or None for a plain image file (member None)."""
+    index as text), "frame" (member = the frame index as text; see `frame_uri`) or None for a plain image file
+    (member None)."""
+    pos = uri.rfind(FRAME_MARK)
+    if pos > 0 and uri[:pos].lower().endswith(VIDEO_SUFFIXES) and uri[pos + len(FRAME_MARK):].isdigit():
+        return uri[:pos], uri[pos + len(FRAME_MARK):], "frame"
     start = 0
     while (pos := uri.find("#", start)) >= 0:
         base, member = uri[:pos], uri[pos + 1:]
@@ -37,8 +56,11 @@ def split_image_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 def image_name(uri: str) -> str:
     """A file name for the image behind `uri`: the basename of a plain file or of a tar member, and
-    `<shard stem>-<row>` for a Parquet row (which has no name of its own)."""
+    `<shard stem>-<row>` for a Parquet row and `<video stem>-frame<N>` for a video frame (which have no name of their
+    own)."""
     base, member, kind = split_image_uri(uri)
+    if kind == "frame":
+        return f"{posixpath.splitext(posixpath.basename(base.rstrip('/')))[0]}-frame{member}"
     if kind == "parquet":
         stem = posixpath.basename(base.rstrip("/"))
         for suffix in PARQUET_SUFFIXES:
@@ -60,7 +82,7 @@ def image_id_from_uri(uri: str) -> int | None:
     """COCO's naming convention read back from a URI: `.../000000000785.jpg` -> 785 (for a tar member, its member
     name); None when the name is not an integer, and always None for Parquet rows (their `#n` is a row index)."""
     _, member, kind = split_image_uri(uri)
-    if kind == "parquet":
+    if kind in ("parquet", "frame"):
         return None
     return integer_stem(member if kind == "tar" else uri)
 

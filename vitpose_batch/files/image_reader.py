@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vitpose_batch.files.addresses import split_image_uri
-from vitpose_batch.files.storage import open_filesystem
 from vitpose_batch.files.uris import canonical_uri
+from vitpose_batch.output.layout import Output
 from vitpose_batch.output.provenance import read_run_records
 from vitpose_batch.pipeline.image_decoding import ENCODED_SCHEMA, ImageError, read_bytes
 from vitpose_core.filesystems import filesystem, local_path_of, open_uri
@@ -139,12 +139,10 @@ class ImageSource:
     image_root: str | None = None
 
 
-def image_source_of(output: str) -> ImageSource:
+def image_source_of(output: Output) -> ImageSource:
     """The image columns and root recorded in OUTPUT's run records (`_runs/*.json`)."""
-
     try:
-        fs, folder = open_filesystem(output)
-        records = [r for _, r in read_run_records(fs, folder) if r]
+        records = [r for _, r in read_run_records(output) if r]
     except (OSError, ValueError):
         return ImageSource()
     records.sort(key=lambda r: r.get("started") or 0)

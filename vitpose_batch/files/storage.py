@@ -1,6 +1,7 @@
 """fsspec helpers: one filesystem per URI (credentials from the environment), JSON documents with one-line errors.
 
-How an annotate OUTPUT is laid out, committed and resumed is `vitpose_batch.output`'s job.
+How an annotate OUTPUT is laid out, committed and resumed is `vitpose_batch.output`'s job; a command opens its
+OUTPUT once, as a `vitpose_batch.output.layout.Output`, and hands that down.
 """
 
 from __future__ import annotations

@@ -22,9 +22,10 @@ import numpy as np
 import pyarrow as pa
 
 from vitpose_batch.defaults import DEFAULT_COMMIT_INTERVAL_S, DEFAULT_ROWS_PER_FILE
-from vitpose_batch.files.storage import arrow_filesystem, open_filesystem
+from vitpose_batch.files.storage import arrow_filesystem
 from vitpose_batch.output import lease as leases
 from vitpose_batch.output import parts, provenance, resume, runs
+from vitpose_batch.output.layout import Output
 from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA
 from vitpose_core.keypoint_sets import get_keypoint_set
 
@@ -104,11 +105,12 @@ def output_schema(table: pa.Table) -> pa.Schema:
     return pa.schema(list(PREDICTION_SCHEMA) + extra)
 
 
-def write_output(ds, output: str, *, key_column: str = "image_uri", model: str | None = None,
+def write_output(ds, output: Output | str, *, key_column: str = "image_uri", model: str | None = None,
                  detector: str | None = None, boxes: str | None = None, flip_test: bool | None = None,
                  dataset_index: int | None = None, dtype: str | None = None,
                  rows_per_file: int | None = None, commit_interval: float | None = None) -> WriteSummary:
-    """Commit the prediction rows of `ds` under OUTPUT (see the module docstring); returns what was written.
+    """Commit the prediction rows of `ds` under OUTPUT (a local path or fsspec URL, or an opened Output; see the
+    module docstring); returns what was written.
 
     Raises OutputRowsError (rows without settings or key), provenance.SettingsChanged (OUTPUT was made with other
     settings: nothing is written), leases.LeaseHeld (another run writes OUTPUT): one line each."""
@@ -120,6 +122,7 @@ def write_output(ds, output: str, *, key_column: str = "image_uri", model: str |
     wanted = provenance_of(settings_from(first.schema, dict(model=model, detector=detector, boxes=boxes,
                                                           flip_test=flip_test, dataset_index=dataset_index,
                                                           dtype=dtype)))
+    output = Output.open(output)  # the one opening of OUTPUT: everything below is handed this
     record = provenance.load_record(output)
     if record is not None:
         provenance.check_settings(output, record, wanted)
@@ -174,12 +177,13 @@ def write_output(ds, output: str, *, key_column: str = "image_uri", model: str |
     return summary
 
 
-def read_output(output: str):
-    """The committed rows of OUTPUT (its live parts) as a Ray Dataset."""
+def read_output(output: Output | str):
+    """The committed rows of OUTPUT (a local path or fsspec URL, or an opened Output: its live parts) as a Ray
+    Dataset."""
     import ray.data  # lazy: Ray only when a dataset is made
 
-    fs, folder = open_filesystem(output)
-    files = parts.list_part_files(fs, folder)
+    output = Output.open(output)
+    files = parts.list_part_files(output)
     if not files:
         raise OutputRowsError(f"read_output: {output} holds no part files")
-    return ray.data.read_parquet(files, filesystem=arrow_filesystem(fs))
+    return ray.data.read_parquet(files, filesystem=arrow_filesystem(output.fs))

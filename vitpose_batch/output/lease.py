@@ -25,12 +25,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-from vitpose_batch.files.storage import is_local, open_filesystem, protocols
+from vitpose_batch.files.storage import protocols
+from vitpose_batch.output.layout import Output
 
 log = logging.getLogger("vitpose_batch")
 
-LOCAL_LEASE = "_lease"
-OBJECT_LEASE = "_lease.json"
 DEFAULT_TTL_S = 120.0
 
 
@@ -72,7 +71,7 @@ class Holder:
         return f"run {self.run_id} (pid {self.pid} on {self.host}, started {started})"
 
 
-def _held_message(output: str, holder: Holder | None, extra: str) -> str:
+def _held_message(output: Output, holder: Holder | None, extra: str) -> str:
     who = holder.describe() if holder else "another run"
     return (f"output {output} is being written by {who}{extra}; one run writes an OUTPUT at a time: wait for it "
             "to finish (the same command then resumes from where it stopped), or write to another OUTPUT")
@@ -81,9 +80,9 @@ def _held_message(output: str, holder: Holder | None, extra: str) -> str:
 class Lease:
     """Base: `acquire()` or raise LeaseHeld; `check()` before each commit; `release()` at the end."""
 
-    def __init__(self, output: str, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> None:
+    def __init__(self, output: Output, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> None:
         self.output, self.run_id, self.ttl_s = output, run_id, ttl_s
-        self.fs, self.folder = open_filesystem(output)
+        self.fs, self.folder = output.fs, output.folder
 
     def acquire(self) -> None:
         raise NotImplementedError
@@ -105,7 +104,7 @@ class Lease:
 class LocalLease(Lease):
     def acquire(self) -> None:
         os.makedirs(self.folder, exist_ok=True)
-        path = os.path.join(self.folder, LOCAL_LEASE)
+        path = self.output.local_lease
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -135,9 +134,9 @@ class ConditionalWriteFailed(Exception):
 class ObjectLease(Lease):
     """Lease on an object store; subclasses provide create / replace-if-version / read / delete."""
 
-    def __init__(self, output: str, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> None:
+    def __init__(self, output: Output, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> None:
         super().__init__(output, run_id, ttl_s)
-        self.path = f"{self.folder}/{OBJECT_LEASE}"
+        self.path = output.object_lease
         self.version: str | None = None
         self.lost: str | None = None
         self.stop = threading.Event()
@@ -330,11 +329,10 @@ class BestEffortLease(ObjectLease):
         self.fs.rm(self.path)
 
 
-def make_lease(output: str, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> Lease:
+def make_lease(output: Output, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> Lease:
     """The lease kind OUTPUT's filesystem supports (see the module docstring)."""
-    fs, _ = open_filesystem(output)
-    names = protocols(fs)
-    if is_local(fs):
+    names = protocols(output.fs)
+    if output.is_local:
         return LocalLease(output, run_id, ttl_s)
     if "s3" in names:
         return S3Lease(output, run_id, ttl_s)

@@ -1,12 +1,11 @@
 """Committing rows: right-sized live Parquet parts, with durable progress in between.
 
-Layout of an OUTPUT (every `*.parquet` is live data; everything else is named `_*` or `.*`):
+The files (named in `vitpose_batch.output.layout`, with the rest of OUTPUT's layout):
 
     part-<run>-<seq>.parquet          live rows: at least `rows_per_file` rows (or ~`bytes_per_file` bytes) each,
                                       fewer only in the last part of a run; zstd; provenance and keypoint names in
                                       the schema metadata
     _staging/<run>-<seq>-<chunk>.staged   rows committed since the last live part (Parquet bytes, hidden name)
-    _job.json, _runs/, _lease[.json]  provenance, run records, the lease
 
 The run's driver is the only writer (it holds the lease). Rows stream to it from the workers; every
 `commit_interval` seconds what arrived is committed to `_staging/` (so a killed run loses at most that much work),
@@ -31,7 +30,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -41,28 +39,23 @@ from vitpose_batch.defaults import (
     DEFAULT_COMMIT_INTERVAL_S,
     DEFAULT_ROWS_PER_FILE,
 )
-from vitpose_batch.files.storage import is_local, open_filesystem
+from vitpose_batch.files.storage import is_local
+from vitpose_batch.output.layout import (
+    PART_PREFIX,
+    PART_SUFFIX,
+    STAGED_SUFFIX,
+    Output,
+    part_name,
+)
 from vitpose_batch.progress import reading
 
 log = logging.getLogger("vitpose_batch")
 
-PART_PREFIX = "part-"
-PART_SUFFIX = ".parquet"
-STAGING = "_staging"
-STAGED_SUFFIX = ".staged"
 ROW_GROUP_ROWS = 10_000
 
 
 class PartFileError(ValueError):
     """A part file under OUTPUT cannot be read; the message names it."""
-
-
-def part_name(run_id: str, seq: int) -> str:
-    return f"{PART_PREFIX}{run_id}-{seq:06d}{PART_SUFFIX}"
-
-
-def staged_name(run_id: str, seq: int, chunk: int) -> str:
-    return f"{STAGING}/{run_id}-{seq:06d}-{chunk:06d}{STAGED_SUFFIX}"
 
 
 def write_parquet_atomic(fs, table: pa.Table, path: str) -> None:
@@ -98,20 +91,21 @@ def read_parquet(fs, path: str, columns: Sequence[str] | None = None) -> pa.Tabl
     return table
 
 
-def list_part_files(fs, folder: str) -> list[str]:
-    """Live part files directly under `folder`, sorted; [] when the folder does not exist."""
-    fs.invalidate_cache(folder)  # object-store filesystems cache listings; parts may have landed since
+def list_part_files(output: Output) -> list[str]:
+    """Live part files directly under OUTPUT, sorted; [] when its folder does not exist."""
+    fs = output.fs
+    fs.invalidate_cache(output.folder)  # object-store filesystems cache listings; parts may have landed since
     try:
-        names = fs.ls(folder, detail=False)
+        names = fs.ls(output.folder, detail=False)
     except FileNotFoundError:
         return []
     return sorted(n for n in names
                   if posixpath.basename(n).startswith(PART_PREFIX) and n.endswith(PART_SUFFIX))
 
 
-def list_staged(fs, folder: str) -> dict[tuple[str, int], list[str]]:
-    """Staged chunks under OUTPUT `folder`, grouped by (run, part seq)."""
-    staging = f"{folder}/{STAGING}"
+def list_staged(output: Output) -> dict[tuple[str, int], list[str]]:
+    """Staged chunks under OUTPUT, grouped by (run, part seq)."""
+    fs, staging = output.fs, output.staging
     fs.invalidate_cache(staging)
     try:
         names = fs.ls(staging, detail=False)
@@ -127,12 +121,12 @@ def list_staged(fs, folder: str) -> dict[tuple[str, int], list[str]]:
     return dict(groups)
 
 
-def recover_staging(output: str) -> int:
+def recover_staging(output: Output) -> int:
     """Fold every killed run's staged chunks into live parts (see the module docstring); returns rows recovered."""
-    fs, folder = open_filesystem(output)
+    fs = output.fs
     recovered = 0
-    for (run, seq), chunks in list_staged(fs, folder).items():
-        live = f"{folder}/{part_name(run, seq)}"
+    for (run, seq), chunks in list_staged(output).items():
+        live = output.part(run, seq)
         if not fs.exists(live):
             tables = [read_parquet(fs, c) for c in chunks]
             table = pa.concat_tables(tables, promote_options="default")
@@ -141,22 +135,22 @@ def recover_staging(output: str) -> int:
             log.info("recovered %d committed rows of run %s into %s", table.num_rows, run, part_name(run, seq))
         for chunk in chunks:
             fs.rm(chunk)
-    remove_temporaries(fs, folder)
+    remove_temporaries(output)
     return recovered
 
 
-def remove_temporaries(fs, folder: str) -> None:
+def remove_temporaries(output: Output) -> None:
     """Delete `.tmp` files a killed local run left behind (never live data: they are not named `*.parquet`)."""
-    if not is_local(fs):
+    if not output.is_local:
         return
-    for sub in (folder, f"{folder}/{STAGING}"):
+    for sub in (output.folder, output.staging):
         try:
-            names = fs.ls(sub, detail=False)
+            names = output.fs.ls(sub, detail=False)
         except FileNotFoundError:
             continue
         for name in names:
             if name.endswith(".tmp"):
-                fs.rm(name)
+                output.fs.rm(name)
 
 
 def with_metadata(table: pa.Table, metadata: dict[str, str]) -> pa.Table:
@@ -164,10 +158,10 @@ def with_metadata(table: pa.Table, metadata: dict[str, str]) -> pa.Table:
                                                                               for k, v in metadata.items()}})
 
 
-def drop_rows(output: str, file: str, uris: set[str]) -> int:
-    """Rewrite live part `file` without the rows whose image_uri is in `uris` (same name: atomic replace); a part
-    left empty is deleted. Returns the rows dropped."""
-    fs, _ = open_filesystem(output)
+def drop_rows(output: Output, file: str, uris: set[str]) -> int:
+    """Rewrite live part `file` of OUTPUT without the rows whose image_uri is in `uris` (same name: atomic replace);
+    a part left empty is deleted. Returns the rows dropped."""
+    fs = output.fs
     table = read_parquet(fs, file)
     keep = pc.invert(pc.is_in(table.column("image_uri"), value_set=pa.array(sorted(uris), pa.string())))
     kept = table.filter(keep)
@@ -187,10 +181,10 @@ class PartWriter:
     `check` is called before every commit (the lease's check: a run that lost OUTPUT must not write to it).
     """
 
-    def __init__(self, output: str, run_id: str, schema: pa.Schema, metadata: dict[str, str],
+    def __init__(self, output: Output, run_id: str, schema: pa.Schema, metadata: dict[str, str],
                  rows_per_file: int = DEFAULT_ROWS_PER_FILE, bytes_per_file: int = DEFAULT_BYTES_PER_FILE,
                  commit_interval: float = DEFAULT_COMMIT_INTERVAL_S, check=lambda: None) -> None:
-        self.fs, self.folder = open_filesystem(output)
+        self.output, self.fs = output, output.fs
         self.run_id, self.schema, self.check = run_id, schema, check
         self.metadata = metadata
         self.rows_per_file, self.bytes_per_file, self.commit_interval = rows_per_file, bytes_per_file, commit_interval
@@ -229,7 +223,7 @@ class PartWriter:
             return
         self.check()
         table = with_metadata(pa.concat_tables(self.pending), self.metadata)
-        path = f"{self.folder}/{staged_name(self.run_id, self.seq, self.chunk)}"
+        path = self.output.staged(self.run_id, self.seq, self.chunk)
         write_parquet_atomic(self.fs, table, path)
         self.staged.append(table)
         self.staged_files.append(path)
@@ -243,7 +237,7 @@ class PartWriter:
             return
         self.check()
         table = with_metadata(pa.concat_tables(tables), self.metadata)
-        write_parquet_atomic(self.fs, table, f"{self.folder}/{part_name(self.run_id, self.seq)}")
+        write_parquet_atomic(self.fs, table, self.output.part(self.run_id, self.seq))
         for path in self.staged_files:  # folded into the part just written
             self.fs.rm(path)
         self.totals["files"] += 1
@@ -263,26 +257,32 @@ class PartWriter:
             log.warning("could not commit the last %d rows: %s", self._rows(self.pending), exc)
 
 
-def predictions_files(uri: str) -> tuple[fsspec.AbstractFileSystem, str | None, list[str]]:
-    """(filesystem, OUTPUT folder or None when `uri` is one .parquet file, the live part files to read)."""
-    fs, path = open_filesystem(uri)
-    if path.endswith(PART_SUFFIX) and fs.isfile(path):
-        return fs, None, [path]
-    return fs, path, list_part_files(fs, path)
+def is_part_file(predictions: Output) -> bool:
+    """Whether PREDICTIONS names one .parquet file rather than an OUTPUT folder."""
+    return predictions.folder.endswith(PART_SUFFIX) and predictions.fs.isfile(predictions.folder)
 
 
-def iter_part_tables(uri: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
-    """Stream the tables of an annotate OUTPUT (or of one .parquet file), one file at a time."""
+def predictions_files(predictions: Output) -> tuple[str | None, list[str]]:
+    """(OUTPUT folder, or None when PREDICTIONS is one .parquet file; the live part files to read), on
+    `predictions.fs`."""
+    if is_part_file(predictions):
+        return None, [predictions.folder]
+    return predictions.folder, list_part_files(predictions)
 
-    fs, _, files = predictions_files(uri)
-    yield from reading((read_parquet(fs, file, columns) for file in files), len(files))
+
+def iter_part_tables(predictions: Output | str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+    """Stream the tables of an annotate OUTPUT (or of one .parquet file), one file at a time. `predictions`: an
+    opened Output, or a local path / fsspec URL (opened here: this is a public reader)."""
+    predictions = Output.open(predictions)
+    _, files = predictions_files(predictions)
+    yield from reading((read_parquet(predictions.fs, file, columns) for file in files), len(files))
 
 
-def part_provenances(uri: str) -> list[dict | None]:
+def part_provenances(output: Output) -> list[dict | None]:
     """The provenance each live part was written with (its Parquet schema metadata; None for parts without)."""
-    fs, folder = open_filesystem(uri)
+    fs = output.fs
     found = []
-    for file in list_part_files(fs, folder):
+    for file in list_part_files(output):
         try:
             with fs.open(file, "rb") as handle:
                 metadata = pq.ParquetFile(handle).schema_arrow.metadata or {}

@@ -21,18 +21,17 @@ import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vitpose_batch.files.uris import canonical_uri
 from vitpose_batch.files.storage import open_filesystem
+from vitpose_batch.files.uris import canonical_uri
+from vitpose_batch.output.layout import Output
 from vitpose_core.hub import HUB_ID, local_path
 
 log = logging.getLogger("vitpose_batch")
 
-JOB_RECORD = "_job.json"
 # How images and heatmaps were decoded: the crop geometry, DARK and its blur (PoseEstimator's defaults), and how far
 # large JPEGs were reduced; part of every OUTPUT's provenance (recorded as its "decode" setting).
 DECODING = {"crop": "udp", "padding": 1.25, "refine": "dark", "blur": "original", "blur_border": "reflect101",
             "jpeg_reduction": "crop- and detector-bound (longer side >= 960 px), photos of 4 MP and more"}
-RUNS = "_runs"  # one `<run id>.json` per run: who ran, with which version and input, how it ended
 RECORD_FORMAT = 2
 # files of a model / detector folder whose bytes decide what it computes
 FINGERPRINTED = (".json", ".safetensors", ".bin", ".pth", ".pt", ".onnx", ".txt", ".model")
@@ -70,6 +69,7 @@ class Provenance:
     dtype: str
     decode: dict[str, Any] = field(default_factory=dict)
     keypoint_set: str | None = None
+    video: dict[str, Any] | None = None  # videos' sampling (vitpose_batch.pipeline.video_segments.Sampling)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,7 +79,8 @@ class Provenance:
 FLAGS = {"model": "--model", "model_fingerprint": "--model", "detector": "--detector",
          "detector_fingerprint": "--detector", "boxes": "--boxes", "boxes_fingerprint": "--boxes",
          "flip_test": "--flip-test", "dataset_index": "--dataset-index", "dtype": "--dtype",
-         "decode": "heatmap decoding", "keypoint_set": "--model"}
+         "decode": "heatmap decoding", "keypoint_set": "--model",
+         "video": "video sampling (--frame-rate / --every-nth-frame / --detect-every / --segment-seconds)"}
 
 
 def _sha256_files(paths: list[tuple[str, Any]]) -> str:
@@ -139,31 +140,25 @@ def fingerprint(ref: str | None) -> str | None:
     return None
 
 
-def read_run_records(fs, folder: str) -> list[tuple[str, dict | None]]:
-    """(path, record) of every `RUNS/*.json` under OUTPUT `folder`; record None where the file is unreadable."""
+def read_run_records(output: Output) -> list[tuple[str, dict | None]]:
+    """(path, record) of every `_runs/*.json` under OUTPUT; record None where the file is unreadable."""
     try:
-        paths = [p for p in fs.ls(f"{folder}/{RUNS}", detail=False) if p.endswith(".json")]
+        paths = [p for p in output.fs.ls(output.runs_folder, detail=False) if p.endswith(".json")]
     except FileNotFoundError:
         return []
     found = []
     for path in paths:
         try:
-            record = json.loads(fs.cat_file(path))
+            record = json.loads(output.fs.cat_file(path))
         except (ValueError, OSError):
             record = None
         found.append((path, record if isinstance(record, dict) else None))
     return found
 
 
-def record_path(output: str) -> str:
-    fs, folder = open_filesystem(output)
-    return f"{folder}/{JOB_RECORD}"
-
-
-def load_record(output: str) -> dict | None:
+def load_record(output: Output) -> dict | None:
     """OUTPUT's `_job.json`, or None when OUTPUT has none; RecordError naming the file when it is unreadable."""
-    fs, folder = open_filesystem(output)
-    path = f"{folder}/{JOB_RECORD}"
+    fs, path = output.fs, output.job_record
     try:
         data = fs.cat_file(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -186,7 +181,7 @@ def _show(key: str, value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def check_settings(output: str, record: dict, wanted: Provenance) -> None:
+def check_settings(output: Output, record: dict, wanted: Provenance) -> None:
     """Raise SettingsChanged naming the first setting in which `wanted` differs from OUTPUT's `record`."""
     recorded = record.get("settings")
     if recorded is None:  # a record written before fingerprints existed: compare the settings it has
@@ -202,29 +197,27 @@ def check_settings(output: str, record: dict, wanted: Provenance) -> None:
             "use another OUTPUT, or the settings it was made with")
 
 
-def create_record(output: str, wanted: Provenance) -> dict:
+def create_record(output: Output, wanted: Provenance) -> dict:
     """Write OUTPUT's `_job.json` (the caller holds the lease and has found none)."""
-    fs, folder = open_filesystem(output)
     record = {"format": RECORD_FORMAT, "settings": wanted.as_dict(), "created_by": package_version()}
     # legacy readers (evaluate) look for these at the top level
     record.update(model=wanted.model, detector=wanted.detector, boxes=wanted.boxes, flip_test=wanted.flip_test,
                   dataset_index=wanted.dataset_index)
-    fs.pipe_file(f"{folder}/{JOB_RECORD}", json.dumps(record, indent=2).encode())
+    output.fs.pipe_file(output.job_record, json.dumps(record, indent=2).encode())
     return record
 
 
-def upgrade_record(output: str, record: dict, wanted: Provenance) -> dict:
+def upgrade_record(output: Output, record: dict, wanted: Provenance) -> dict:
     """A record from before fingerprints, whose settings agree: add the fingerprints (same settings, more detail)."""
     if record.get("settings") is not None:
         return record
-    fs, folder = open_filesystem(output)
     upgraded = {**record, "format": RECORD_FORMAT, "settings": wanted.as_dict(),
                 "created_by": record.get("created_by", "unknown")}
-    fs.pipe_file(f"{folder}/{JOB_RECORD}", json.dumps(upgraded, indent=2).encode())
+    output.fs.pipe_file(output.job_record, json.dumps(upgraded, indent=2).encode())
     return upgraded
 
 
-def settle_record(output: str, wanted: Provenance) -> dict:
+def settle_record(output: Output, wanted: Provenance) -> dict:
     """Under the lease, before the first commit: OUTPUT's `_job.json` created with `wanted`, or checked against it
     (SettingsChanged) and given fingerprints if it predates them. Returns the record."""
     record = load_record(output)

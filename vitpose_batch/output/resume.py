@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from vitpose_batch.output.layout import Output
 from vitpose_batch.output.parts import drop_rows, list_part_files, read_parquet
-from vitpose_batch.files.storage import open_filesystem
 
 log = logging.getLogger("vitpose_batch")
 
@@ -115,10 +115,10 @@ class OutputState:
     redo_candidates: dict[bytes, tuple[str, str]] = field(default_factory=dict)
 
 
-def scan_output(output: str, retry_all_errors: bool = False) -> OutputState:
+def scan_output(output: Output, retry_all_errors: bool = False) -> OutputState:
     """Read the `image_uri`, `error` and `error_retryable` columns of every live part, one file at a time."""
-    fs, folder = open_filesystem(output)
-    files = list_part_files(fs, folder)
+    fs = output.fs
+    files = list_part_files(output)
     chunks: list[np.ndarray] = []
     candidates: dict[bytes, tuple[str, str]] = {}
     rows = 0
@@ -176,7 +176,7 @@ def filter_listing(chunks: Iterable[pa.Table], state: OutputState, plan: ResumeP
             yield fresh
 
 
-def drop_redone_rows(output: str, redo: dict[bytes, tuple[str, str]]) -> int:
+def drop_redone_rows(output: Output, redo: dict[bytes, tuple[str, str]]) -> int:
     """Remove the rows about to be redone from their parts (one rewrite per part); returns rows dropped."""
     by_file: dict[str, set[str]] = defaultdict(set)
     for uri, file in redo.values():

@@ -10,8 +10,8 @@ import time
 import uuid
 from typing import Any
 
-from vitpose_batch.files.storage import open_filesystem
-from vitpose_batch.output.provenance import RUNS, package_version, read_run_records
+from vitpose_batch.output.layout import Output
+from vitpose_batch.output.provenance import package_version, read_run_records
 
 COUNTS = ("images", "persons", "errors", "skipped", "redone", "recovered", "files")
 
@@ -21,24 +21,22 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
-def write_run_record(output: str, run_id: str, status: str, started: float, counts: dict[str, int], *,
+def write_run_record(output: Output, run_id: str, status: str, started: float, counts: dict[str, int], *,
                      input: str, extra: dict[str, Any] | None = None, error: str | None = None) -> None:
     """Write (or rewrite) the run's record; `counts` by COUNTS (absent ones 0); `extra` fields are added as given."""
-    fs, folder = open_filesystem(output)
     record = {
         "run_id": run_id, "status": status, "version": package_version(), "input": input,
         "host": socket.gethostname(), "pid": os.getpid(), "started": started,
         "ended": None if status == "running" else time.time(),
         **{key: int(counts.get(key, 0)) for key in COUNTS}, "error": error, **(extra or {}),
     }
-    fs.makedirs(f"{folder}/{RUNS}", exist_ok=True)
-    fs.pipe_file(f"{folder}/{RUNS}/{run_id}.json", json.dumps(record, indent=2).encode())
+    output.fs.makedirs(output.runs_folder, exist_ok=True)
+    output.fs.pipe_file(output.run_record(run_id), json.dumps(record, indent=2).encode())
 
 
-def mark_dead_runs(output: str) -> None:
+def mark_dead_runs(output: Output) -> None:
     """Runs recorded as running while we hold the lease died without a word (SIGKILL, lost node): say so."""
-    fs, folder = open_filesystem(output)
-    for path, record in read_run_records(fs, folder):
+    for path, record in read_run_records(output):
         if record is not None and record.get("status") == "running":
             record.update(status="killed", ended=None)
-            fs.pipe_file(path, json.dumps(record, indent=2).encode())
+            output.fs.pipe_file(path, json.dumps(record, indent=2).encode())

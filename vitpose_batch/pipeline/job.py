@@ -2,6 +2,8 @@
 
     list INPUT (streamed) -> drop what OUTPUT holds -> read + decode -> detect + ViTPose (actor pool)
               -> rows stream to the driver -> right-sized Parquet parts under OUTPUT [-> COCO results JSON]
+    then videos: scan (a task per video) -> segments -> decode + detect + ViTPose + track (actor pool)
+              -> the driver joins tracks across segments -> the same parts
 
 Before any work: every check, then the OUTPUT lease (one writer at a time), then the provenance check (a run with
 other settings is refused), then crash recovery and the resume scan. `vitpose_batch.output` owns that protocol.
@@ -14,11 +16,14 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from vitpose_batch.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DETECTOR, DEFAULT_MODEL
 from vitpose_batch.files.addresses import split_image_uri
 from vitpose_batch.files.uris import canonical_prefix, canonical_uri
 from vitpose_batch.output import lease as leases
 from vitpose_batch.output import parts, provenance, resume, runs
+from vitpose_batch.output.layout import RUNS, Output
 from vitpose_batch.pipeline import signals
 from vitpose_batch.pipeline.actors import actor_pool, plan_actors
 from vitpose_batch.pipeline.diagnostics import Diagnostics, DroppedBoxes
@@ -26,15 +31,16 @@ from vitpose_batch.pipeline.image_decoding import read_batch
 from vitpose_batch.pipeline.pose_worker import PoseWorker
 from vitpose_batch.pipeline.preflight import check_device, check_run
 from vitpose_batch.pipeline.ray_session import connect
-from vitpose_batch.pipeline.sources import Listing, files_dataset, shards_dataset
+from vitpose_batch.pipeline.sources import InputError, Listing, files_dataset, shards_dataset
+from vitpose_batch.pipeline.video_rows import VideoRows, output_lookup
+from vitpose_batch.pipeline.video_segments import Sampling, video_segments
+from vitpose_batch.pipeline.video_worker import VideoWorker
 from vitpose_batch.progress import Progress
 from vitpose_batch.review.export import export_coco
 from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA
 from vitpose_core.hub import one_line
 
 log = logging.getLogger("vitpose_batch")
-
-RUNS = provenance.RUNS
 
 
 @dataclass
@@ -64,6 +70,7 @@ class AnnotateOptions:
     commit_interval: float = parts.DEFAULT_COMMIT_INTERVAL_S
     lease_ttl: float = leases.DEFAULT_TTL_S
     compile: bool = False  # torch.compile in the actors (speed only: not part of the provenance)
+    sampling: Sampling = field(default_factory=Sampling)  # videos: which frames, detector cadence, segments
 
 
 @dataclass
@@ -82,6 +89,8 @@ class Summary:
     images_without_boxes: int = 0
     boxes_file: str | None = None
     steady_crops_per_s: float | None = None  # between the first and the last batch: no start-up in it
+    videos: int = 0  # videos listed, and the frame rows this run wrote of them
+    frames: int = 0
     extra: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -95,6 +104,8 @@ class Summary:
             f"persons: {self.persons}, error rows: {self.errors}, part files: {self.files}",
             f"time: {self.seconds:.1f} s, {rate:.2f} images/s, {crops:.2f} crops/s{steady}",
         ]
+        if self.videos:
+            lines.append(f"videos: {self.videos} ({self.frames} frame rows written in this run)")
         lines += self.dropped.lines()
         if self.retried_batches:
             lines.append(f"batches retried image by image: {self.retried_batches}")
@@ -127,7 +138,7 @@ def settings_of(opts: AnnotateOptions, keypoint_set: str | None) -> provenance.P
         detector_fingerprint=None if opts.boxes else provenance.fingerprint(opts.detector),
         boxes=ref(opts.boxes), boxes_fingerprint=provenance.fingerprint(opts.boxes),
         flip_test=opts.flip_test, dataset_index=opts.dataset_index, dtype=opts.dtype or "fp32",
-        decode=dict(provenance.DECODING), keypoint_set=keypoint_set,
+        decode=dict(provenance.DECODING), keypoint_set=keypoint_set, video=opts.sampling.as_dict(),
     )
 
 
@@ -135,13 +146,15 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
     """Run the whole job; raises a ValueError subclass with a one-line message when it cannot run."""
 
     # Every check comes before OUTPUT is touched: a refused run leaves OUTPUT byte-identical.
+    opts.sampling.check()
     checked = check_run(opts)
     listing, box_index, keypoint_set = checked.listing, checked.box_index, checked.keypoint_set
     check_coco_json(opts)
     wanted = settings_of(opts, keypoint_set.name)
-    record = provenance.load_record(opts.output)
+    output = Output.open(opts.output)  # the one opening of OUTPUT: everything below is handed this
+    record = provenance.load_record(output)
     if record is not None:
-        provenance.check_settings(opts.output, record, wanted)
+        provenance.check_settings(output, record, wanted)
     address = opts.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         connect(address)  # joining a cluster is no work yet, and it tells whether the GPUs asked for exist
@@ -149,7 +162,7 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
 
     run_id = runs.new_run_id()
     try:
-        lease = leases.make_lease(opts.output, run_id, opts.lease_ttl)
+        lease = leases.make_lease(output, run_id, opts.lease_ttl)
         lease.acquire()
     except leases.LeaseHeld:
         raise
@@ -160,26 +173,26 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
     summary = Summary(run_id=run_id)
     try:
         # under the lease: the record cannot change between this check and the first commit
-        record = provenance.settle_record(opts.output, wanted)
+        record = provenance.settle_record(output, wanted)
         version = provenance.package_version()
         if record.get("created_by") not in (version, None):
             log.warning("%s was created by vitpose-batch %s; this run is %s (recorded per run in %s/)",
                         opts.output, record.get("created_by"), version, RUNS)
-        runs.mark_dead_runs(opts.output)
-        write_run_record(opts, run_id, "running", started, summary)
-        summary.recovered = parts.recover_staging(opts.output)
+        runs.mark_dead_runs(output)
+        write_run_record(opts, output, run_id, "running", started, summary)
+        summary.recovered = parts.recover_staging(output)
         metadata = parts.part_metadata(wanted.as_dict(), keypoint_set.keypoint_names, keypoint_set.name, version,
                                        run_id)
-        execute(opts, listing, box_index, lease, metadata, summary)
+        execute(opts, output, listing, box_index, lease, metadata, summary, keypoint_set.sigmas)
         summary.seconds = time.time() - started
-        write_run_record(opts, run_id, "complete", started, summary)
+        write_run_record(opts, output, run_id, "complete", started, summary)
     except BaseException as exc:
         summary.seconds = time.time() - started
         status = "stopped" if isinstance(exc, (signals.Stopped, KeyboardInterrupt)) else "failed"
         if isinstance(exc, signals.Stopped):
             exc.summary = summary
         try:
-            write_run_record(opts, run_id, status, started, summary, error=str(exc)[:500])
+            write_run_record(opts, output, run_id, status, started, summary, error=str(exc)[:500])
         except Exception:  # noqa: BLE001 - the original failure is the one to report
             pass
         raise
@@ -187,15 +200,16 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
         lease.release()
     if opts.coco_json:  # on every run, also when nothing was left to do: a re-run completes a failed export
 
-        summary.extra["coco_json"] = export_coco(opts.output, opts.coco_json, fmt="results")
+        summary.extra["coco_json"] = export_coco(output, opts.coco_json, fmt="results")
     return summary
 
 
-def execute(opts: AnnotateOptions, listing: Listing, box_index, lease, metadata: dict, summary: Summary) -> None:
-    """Resume scan, then the Ray pipeline; rows stream into a PartWriter. Fills `summary`."""
+def execute(opts: AnnotateOptions, output: Output, listing: Listing, box_index, lease, metadata: dict,
+            summary: Summary, sigmas=()) -> None:
+    """Resume scan of OUTPUT, then the Ray pipeline; rows stream into a PartWriter. Fills `summary`."""
     import ray
 
-    state = resume.scan_output(opts.output, retry_all_errors=opts.retry_errors)
+    state = resume.scan_output(output, retry_all_errors=opts.retry_errors)
     plan = resume.ResumePlan()
     if box_index is not None:
         summary.boxes_file = opts.boxes
@@ -208,11 +222,15 @@ def execute(opts: AnnotateOptions, listing: Listing, box_index, lease, metadata:
     connect(opts.ray_address)
     try:
         items = input_dataset(opts, listing, new_items, state, plan)
-        # the listing is consumed: the error rows about to be redone leave their parts before any new row lands
-        summary.redone = resume.drop_redone_rows(opts.output, plan.redo)
+        # the listing is consumed (videos are known now): the error rows about to be redone leave their parts
+        # before any new row lands
+        videos = video_dataset(opts, listing, state, plan, box_index)
+        summary.videos = len(listing.videos)
+        summary.redone = resume.drop_redone_rows(output, plan.redo)
         summary.skipped = plan.already_done if listing.kind == "files" else state.rows - summary.redone
-        rows = pose_rows(opts, items, box_index)
-        write_rows(opts, rows, lease, metadata, plan.new if listing.kind == "files" else None, summary)
+        rows = pose_rows(opts, items, box_index) if items is not None else None
+        total = plan.new if listing.kind == "files" and not listing.videos else None
+        write_rows(opts, output, rows, videos, lease, metadata, total, summary, sigmas)
     finally:
         if started_here:
             ray.shutdown()
@@ -226,7 +244,7 @@ def listed_work(opts, listing: Listing, state, plan, box_index, summary: Summary
     if box_index is not None:
         new_items = count_unmatched(new_items, box_index, summary)
     first = next(new_items, None)
-    if first is None and not listing.shards:  # the walk is over: it found every shard there is
+    if first is None and not listing.shards and not listing.videos:  # the walk is over: it found every shard there is
         summary.skipped = plan.already_done
         log.info("every image of %s is already in %s: nothing to do", opts.input, opts.output)
         return None
@@ -247,14 +265,51 @@ def input_dataset(opts, listing: Listing, new_items, state, plan):
     return items
 
 
-def pose_rows(opts: AnnotateOptions, items, box_index):
-    """Detection and ViTPose on an actor pool sized to the cluster (see plan_actors): a Dataset of rows."""
+def video_dataset(opts: AnnotateOptions, listing: Listing, state, plan, box_index):
+    """The videos' segments through the video pose actors (vitpose_batch.pipeline.video_worker): a Dataset of
+    rows with link columns, or None without videos. Error rows of these videos that may pass join `plan.redo`."""
+    import ray
+
+    if not listing.videos:
+        return None
+    if box_index is not None or not opts.detector:
+        raise InputError(f"input {opts.input!r} holds videos ({listing.videos[0]}, ...): their frames need a "
+                         "--detector (--boxes names the persons of images)")
+    videos = set(listing.videos)
+    plan.redo.update({k: v for k, v in state.redo_candidates.items()
+                      if v[0] in videos or split_image_uri(v[0])[0] in videos})
+    finished = state.finished.without(_keys(plan.redo)) if plan.redo else state.finished
+    names = ray.data.from_items([{"video_uri": v} for v in listing.videos],
+                                override_num_blocks=min(len(listing.videos), 10_000))
+    segments = names.map_batches(video_segments, batch_size=1, batch_format="pyarrow", num_cpus=opts.decode_cpus,
+                                 fn_kwargs={"sampling": opts.sampling, "finished": ray.put(finished)})
+    device, actors, actor_cpus, threads, gpu = actor_plan(opts)
+    return segments.map_batches(
+        VideoWorker,
+        fn_constructor_kwargs={
+            "model": opts.model, "detector": opts.detector, "device": device, "dtype": opts.dtype,
+            "flip_test": opts.flip_test, "dataset_index": opts.dataset_index,
+            "crops_per_forward": opts.crops_per_forward, "threads": threads,
+            "detect_every": opts.sampling.detect_every, "compile": opts.compile,
+        },
+        batch_size=1, batch_format="pyarrow", compute=actor_pool(actors, opts.calls_per_actor or (2 if gpu else 1)),
+        num_cpus=actor_cpus, num_gpus=1 if gpu else 0,
+    )
+
+
+def actor_plan(opts: AnnotateOptions) -> tuple[str, int, float, int | None, bool]:
+    """(device, actors, CPUs per actor, threads per actor, on GPUs) for this cluster (see plan_actors)."""
     import ray
 
     resources = ray.cluster_resources()
     device = ("cuda" if resources.get("GPU", 0) else "cpu") if opts.device == "auto" else opts.device
     actors, actor_cpus, threads = plan_actors(resources, device, opts)
-    gpu = device.startswith("cuda")
+    return device, actors, actor_cpus, threads, device.startswith("cuda")
+
+
+def pose_rows(opts: AnnotateOptions, items, box_index):
+    """Detection and ViTPose on an actor pool sized to the cluster (see plan_actors): a Dataset of rows."""
+    device, actors, actor_cpus, threads, gpu = actor_plan(opts)
     if opts.read_tasks if opts.read_tasks is not None else gpu:
         # CPU tasks read the files, so the GPU never waits on storage; encoded bytes, not pixels, cross the object
         # store. CPU actors read for themselves: there the actors are the compute, and tasks beside them preempt
@@ -279,17 +334,31 @@ def pose_rows(opts: AnnotateOptions, items, box_index):
     )
 
 
-def write_rows(opts: AnnotateOptions, rows, lease, metadata: dict, total: int | None, summary: Summary) -> None:
-    """Stream the rows to the driver and commit them (vitpose_batch.output.parts); the run's counts into `summary`."""
+def write_rows(opts: AnnotateOptions, output: Output, rows, videos, lease, metadata: dict, total: int | None,
+               summary: Summary, sigmas=()) -> None:
+    """Stream the rows to the driver, images' then videos' (Datasets, or None), and commit them under OUTPUT
+    (vitpose_batch.output.parts); the run's counts into `summary`."""
     diagnostics = Diagnostics(summary.dropped)
     progress = Progress(total)
-    writer = parts.PartWriter(opts.output, summary.run_id, PREDICTION_SCHEMA, metadata,
+    writer = parts.PartWriter(output, summary.run_id, PREDICTION_SCHEMA, metadata,
                               rows_per_file=opts.rows_per_file, commit_interval=opts.commit_interval,
                               check=lease.check)
     try:
-        for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer.add(diagnostics.take(batch))
-            progress.update(batch.num_rows)
+        if rows is not None:
+            for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+                writer.add(diagnostics.take(batch))
+                progress.update(batch.num_rows)
+        if videos is not None:
+            tracks = VideoRows(np.asarray(sigmas), output_lookup(lambda columns: parts.iter_part_tables(
+                output, columns)))
+            for batch in videos.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for table in tracks.take(batch):
+                    writer.add(table)
+                    summary.frames += table.num_rows
+                    progress.update(table.num_rows)
+            for table in tracks.close():
+                writer.add(table)
+                summary.frames += table.num_rows
         writer.close()
     except leases.LeaseLost:
         raise  # another run owns OUTPUT now: write nothing more
@@ -324,19 +393,17 @@ def _chain(first, rest):
 
 
 def _keys(redo: dict[bytes, tuple[str, str]]):
-    import numpy as np
-
     if not redo:
         return np.zeros((0, 2), np.uint64)
     return np.frombuffer(b"".join(redo), dtype=np.uint64).reshape(-1, 2)
 
 
-def write_run_record(opts: AnnotateOptions, run_id: str, status: str, started: float, summary: Summary,
-                     error: str | None = None) -> None:
-    """annotate's `_runs/<run>.json` (vitpose_batch.output.runs), with what render and report need to read shard
-    rows back (the image column and root) and the boxes left out."""
+def write_run_record(opts: AnnotateOptions, output: Output, run_id: str, status: str, started: float,
+                     summary: Summary, error: str | None = None) -> None:
+    """annotate's `_runs/<run>.json` under OUTPUT (vitpose_batch.output.runs), with what render and report need to
+    read shard rows back (the image column and root) and the boxes left out."""
     runs.write_run_record(
-        opts.output, run_id, status, started, {key: getattr(summary, key) for key in runs.COUNTS}, input=opts.input,
+        output, run_id, status, started, {key: getattr(summary, key) for key in runs.COUNTS}, input=opts.input,
         extra={"retry_errors": opts.retry_errors, "dropped_boxes": summary.dropped.record(),
                "image_column": opts.image_column, "image_root": opts.image_root}, error=error)
 

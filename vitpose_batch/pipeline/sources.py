@@ -3,7 +3,9 @@
 * a folder / prefix (recursive) or a glob of image files, local or any fsspec URL: listed here, read by workers;
 * a COCO JSON whose `images[].file_name` resolve against `image_root`: ids kept;
 * WebDataset `.tar` shards (Ray Data's read_webdataset): member `key.jpg` of shard S is `S#key.jpg`;
-* Parquet shards with an image-bytes column (`image_column`): row i of shard S is `S#i`.
+* Parquet shards with an image-bytes column (`image_column`): row i of shard S is `S#i`;
+* videos (`.mp4`, `.mov`, `.mkv`, `.avi`, `.webm`), alone or beside images: listed whole, like shards, and cut into
+  segments by vitpose_batch.pipeline.video_segments; frame N of video V is `V#frame=N`.
 
 Every source yields the columns `image_uri` (string), `image_id` (int64, nullable) and, for shards, `data` (the
 encoded bytes, already read). Plain files are read by the decode stage, so listing stays cheap for the driver.
@@ -14,13 +16,14 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 import pyarrow as pa
 
 from vitpose_batch.files.image_reader import check_shards, parquet_rows
 from vitpose_batch.files.storage import arrow_filesystem, protocols, read_json
+from vitpose_batch.files.addresses import VIDEO_SUFFIXES
 from vitpose_batch.files.uris import canonical_prefix, canonical_uri, split_scheme
 from vitpose_batch.output.resume import uri_keys
 from vitpose_core.filesystems import filesystem, local_path_of
@@ -46,6 +49,7 @@ class Listing:
     kind: str  # "files", "tar", "parquet"
     chunks: Callable[[], Iterator[pa.Table]]
     shards: list[str] | None = None
+    videos: list[str] = field(default_factory=list)  # found by the walk, known once the image chunks are consumed
     coco_images: list[dict] | None = None  # the COCO JSON's images[], when INPUT was one
 
 
@@ -54,6 +58,10 @@ LISTING_SCHEMA = pa.schema([("image_uri", pa.string()), ("image_id", pa.int64())
 
 def _is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def is_video(path: str) -> bool:
+    return path.lower().endswith(VIDEO_SUFFIXES)
 
 
 def _is_tar(path: str) -> bool:
@@ -160,22 +168,26 @@ def list_input(input_uri: str, image_root: str | None = None, image_column: str 
             raise InputError(f"input {input_uri!r}: --image-column given but no .parquet shards found")
         check_shards(shards, image_column)  # every footer: a missing or non-image column is refused before work
         return Listing("parquet", lambda: iter(()), shards=shards)
-    first_image = next(walk(_is_image), None)
+    first_image = next(walk(lambda p: _is_image(p) or is_video(p)), None)
     if first_image is None:
         tars = list(walk(_is_tar))
         if tars:
             return Listing("tar", lambda: iter(()), shards=tars)
         shards = next(walk(lambda p: p.endswith(".parquet")), None)
         hint = f"; it holds Parquet shards ({shards}): name their image column with --image-column" if shards else ""
-        raise InputError(f"input {input_uri!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found{hint}")
-    # loose images, and maybe .tar shards beside them: the shards are noted as the walk meets them and read too
+        raise InputError(f"input {input_uri!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) or videos "
+                         f"({', '.join(VIDEO_SUFFIXES)}) found{hint}")
+    # loose images, and maybe .tar shards and videos beside them: those are noted as the walk meets them and read too
     listing = Listing("files", lambda: iter(()), shards=[])
 
     def images() -> Iterator[str]:
         listing.shards.clear()
-        for path in walk(lambda p: _is_image(p) or _is_tar(p)):
+        listing.videos.clear()
+        for path in walk(lambda p: _is_image(p) or _is_tar(p) or is_video(p)):
             if _is_tar(path):
                 listing.shards.append(path)
+            elif is_video(path):
+                listing.videos.append(path)
             else:
                 yield path
 

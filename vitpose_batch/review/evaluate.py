@@ -29,6 +29,10 @@ from collections import defaultdict
 
 import numpy as np
 
+from vitpose_batch.files.storage import read_json
+from vitpose_batch.output.layout import Output
+from vitpose_batch.output.parts import iter_part_tables, part_provenances
+from vitpose_batch.output.provenance import load_record
 from vitpose_batch.review.evaluation_inputs import (
     PERSON,
     CheckedGroundTruth,
@@ -39,12 +43,15 @@ from vitpose_batch.review.evaluation_inputs import (
 )
 from vitpose_batch.review.export import check_predictions, part_metadata_of
 from vitpose_batch.review.oks import oks_nms, padded_box_areas
-from vitpose_batch.output.parts import iter_part_tables, part_provenances
-from vitpose_batch.output.provenance import load_record
-from vitpose_batch.files.storage import open_filesystem, read_json
 from vitpose_batch.schemas.coco import coco_results
 from vitpose_core.heatmap_decoding import rescore
-from vitpose_core.keypoint_sets import COCO, KEYPOINT_SETS, KeypointSet, get_keypoint_set, keypoint_set_for_count
+from vitpose_core.keypoint_sets import (
+    COCO,
+    KEYPOINT_SETS,
+    KeypointSet,
+    get_keypoint_set,
+    keypoint_set_for_count,
+)
 
 METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 BOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -72,24 +79,28 @@ def vitpose_protocol(results: list[dict], sigmas: np.ndarray) -> list[dict]:
     return kept
 
 
-def load_results(predictions: str) -> tuple[list[dict], dict]:
+def is_results_json(predictions: Output) -> bool:
+    """Whether PREDICTIONS names a COCO results JSON (read as a file, with `read_json`) rather than parts."""
+    return predictions.folder.endswith(".json")
+
+
+def load_results(predictions: Output) -> tuple[list[dict], dict]:
     """COCO keypoint results from an annotate OUTPUT or a results JSON, plus the job record (`_job.json`) if any."""
-    fs, path = open_filesystem(predictions)
-    if path.endswith(".json"):
-        results = read_json(predictions, "predictions", EvaluationInputError)
+    if is_results_json(predictions):
+        results = read_json(predictions.uri, "predictions", EvaluationInputError)
         if not isinstance(results, list):  # what each result needs is `check_results`' to say, item by item
-            raise EvaluationInputError(f"predictions {predictions!r}: a results JSON must be a list of "
+            raise EvaluationInputError(f"predictions {predictions.uri!r}: a results JSON must be a list of "
                                        "{image_id, category_id, keypoints, score} objects")
         return results, {}
     check_predictions(predictions)
     results = list(coco_results(iter_part_tables(predictions)))
     job = {}
-    if not path.endswith(".parquet"):
+    if not predictions.folder.endswith(".parquet"):
         job = load_record(predictions) or {}
     return results, job
 
 
-def detector_of_every_row(predictions: str, job: dict) -> str | None:
+def detector_of_every_row(predictions: Output, job: dict) -> str | None:
     """The detector that made every row of an annotate OUTPUT, or None: only then is its box AP the detector's.
 
     The job record names the OUTPUT's detector; each part's own provenance must agree (parts written before parts
@@ -152,22 +163,22 @@ def load_ground_truth(uri: str):
     return coco_api(checked.dataset)
 
 
-def checked_results(predictions: str, results: list, truth: CheckedGroundTruth) -> tuple[list[dict], list[str]]:
+def checked_results(predictions: Output, results: list, truth: CheckedGroundTruth) -> tuple[list[dict], list[str]]:
     """The results, checked against the ground truth's person category (`vitpose_batch.review.evaluation_inputs.check_results`),
     and their warning lines; EvaluationInputError names the file, the result and the field that are unfit."""
-    if predictions.endswith(".json"):
-        return check_results(results, predictions, truth.person)
+    if is_results_json(predictions):
+        return check_results(results, predictions.uri, truth.person)
     for result in results:  # an OUTPUT's persons are the person category's, whatever its id
         result["category_id"] = truth.person.id
     named = part_metadata_of(predictions).get("vitpose.keypoint_set")
-    return check_results(results, predictions, truth.person, named, person_items(results))
+    return check_results(results, predictions.uri, truth.person, named, person_items(results))
 
 
-def predictions_keypoint_set(predictions: str, ground_truth, results: list[dict]) -> KeypointSet:
+def predictions_keypoint_set(predictions: Output, ground_truth, results: list[dict]) -> KeypointSet:
     """The keypoint set whose sigmas score `results` (see the module docstring); ValueError when the predictions'
     keypoint count is not the set's."""
     num_keypoints = len(results[0]["keypoints"]) // 3 if results else None
-    name = None if predictions.endswith(".json") else part_metadata_of(predictions).get("vitpose.keypoint_set")
+    name = None if is_results_json(predictions) else part_metadata_of(predictions).get("vitpose.keypoint_set")
     if name is None:
         categories = [c for c in ground_truth.loadCats(ground_truth.getCatIds())
                       if str(c.get("name", "")).lower() == PERSON]
@@ -178,9 +189,11 @@ def predictions_keypoint_set(predictions: str, ground_truth, results: list[dict]
     return get_keypoint_set(name, num_keypoints=num_keypoints)
 
 
-def evaluate(predictions: str, ground_truth: str, raw: bool = False) -> dict:
-    """Keypoint AP / AR (and the detector's box AP when a detector made the boxes) as a dict."""
+def evaluate(predictions: Output | str, ground_truth: str, raw: bool = False) -> dict:
+    """Keypoint AP / AR (and the detector's box AP when a detector made the boxes) as a dict. `predictions`: an
+    annotate OUTPUT or one .parquet part (a local path or fsspec URL, or an opened Output), or a COCO results JSON."""
     truth = read_ground_truth(ground_truth)
+    predictions = Output.open(predictions)
     results, job = load_results(predictions)
     results, warnings = checked_results(predictions, results, truth)
     for line in truth.warnings + warnings:  # only once both inputs passed: a refusal stays the one line

@@ -27,11 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vitpose_batch.review.label_studio import KEYPOINT_THRESHOLD, label_config, label_studio_tasks
-from vitpose_batch.output.parts import PART_SUFFIX, iter_part_tables, list_part_files, predictions_files
-from vitpose_batch.review.oks import OKS_THRESHOLD, oks_nms, padded_box_areas
-from vitpose_batch.output.provenance import load_record
 from vitpose_batch.files.storage import is_local, open_filesystem
+from vitpose_batch.output.layout import PART_SUFFIX, Output
+from vitpose_batch.output.parts import is_part_file, iter_part_tables, list_part_files, predictions_files
+from vitpose_batch.output.provenance import load_record
+from vitpose_batch.review.label_studio import KEYPOINT_THRESHOLD, label_config, label_studio_tasks
+from vitpose_batch.review.oks import OKS_THRESHOLD, oks_nms, padded_box_areas
 from vitpose_batch.schemas.coco import (
     ExportStats,
     coco_results,
@@ -80,16 +81,16 @@ def write_atomically(output: str, write: Callable[[Any], Any]) -> None:
         fs.mv(target, path)
 
 
-def check_predictions(predictions: str) -> None:
+def check_predictions(predictions: Output) -> None:
     """One-line ValueError unless `predictions` is a .parquet file or a folder/prefix holding committed part files."""
-    fs, path = open_filesystem(predictions)
-    if path.endswith(PART_SUFFIX) and fs.isfile(path):
+    fs, path = predictions.fs, predictions.folder
+    if is_part_file(predictions):
         return
     if not fs.exists(path):
         raise ValueError(f"predictions {predictions} do not exist")
     if fs.isfile(path):
         raise ValueError(f"predictions {predictions} is a file but not a .parquet file")
-    if not list_part_files(fs, path):
+    if not list_part_files(predictions):
         raise ValueError(f"predictions {predictions} hold no part-*{PART_SUFFIX} files (is it an annotate OUTPUT?)")
 
 
@@ -98,17 +99,17 @@ def check_predictions(predictions: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def part_metadata_of(predictions: str) -> dict[str, str]:
+def part_metadata_of(predictions: Output) -> dict[str, str]:
     """The `vitpose.*` Parquet schema metadata of the first part file of `predictions` ({} when it has none)."""
-    fs, _, files = predictions_files(predictions)
+    _, files = predictions_files(predictions)
     if not files:
         return {}
-    with fs.open(files[0], "rb") as handle:
+    with predictions.fs.open(files[0], "rb") as handle:
         raw = pq.ParquetFile(handle).schema_arrow.metadata or {}
     return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"vitpose.")}
 
 
-def output_keypoint_set(predictions: str) -> KeypointSet:
+def output_keypoint_set(predictions: Output) -> KeypointSet:
     """The keypoint set of an annotate OUTPUT (or one .parquet file): its parts' `vitpose.keypoint_set` metadata;
     for parts written without it, the set of the first person's keypoint count; COCO when there are no persons."""
     name = part_metadata_of(predictions).get("vitpose.keypoint_set")
@@ -125,13 +126,13 @@ def output_keypoint_set(predictions: str) -> KeypointSet:
     return COCO
 
 
-def model_version(predictions: str) -> str:
+def model_version(predictions: Output) -> str:
     """`<model ref> (vitpose-batch <version>)`: the model and package that made the rows, from the parts' metadata,
     else OUTPUT's `_job.json`."""
     metadata = part_metadata_of(predictions)
     model = json.loads(metadata.get("vitpose.provenance") or "{}").get("model")
     version = metadata.get("vitpose.version")
-    if not (model and version) and not predictions.endswith(PART_SUFFIX):
+    if not (model and version) and not predictions.uri.endswith(PART_SUFFIX):
         record = load_record(predictions) or {}
         model = model or (record.get("settings") or {}).get("model") or record.get("model")
         version = version or record.get("created_by")
@@ -195,14 +196,15 @@ def oks_nms_tables(tables: Iterable[pa.Table], keypoint_set: KeypointSet, thresh
 
 
 def export_coco(
-    predictions: str,
+    predictions: Output | str,
     output_json: str,
     fmt: str = "results",
     min_person_score: float = 0.0,
     min_keypoint_score: float = 0.0,
 ) -> dict[str, Any]:
-    """Write the predictions under `predictions` (an annotate OUTPUT folder/prefix or one .parquet file) to
-    `output_json` (local path or fsspec URL) as COCO keypoint `results` or a COCO keypoints `dataset`.
+    """Write the predictions under `predictions` (an annotate OUTPUT folder/prefix or one .parquet file: a local
+    path or fsspec URL, or an opened Output) to `output_json` (local path or fsspec URL) as COCO keypoint `results`
+    or a COCO keypoints `dataset`.
 
     min_person_score drops persons scored below it (both formats); min_keypoint_score only applies to `dataset`
     (keypoints below it become unlabelled 0,0,0; results keep every keypoint with its score).
@@ -213,11 +215,12 @@ def export_coco(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    predictions = Output.open(predictions)
     check_predictions(predictions)
     return _export_coco(predictions, output_json, fmt, min_person_score, min_keypoint_score, oks_nms=None)
 
 
-def _export_coco(predictions: str, output_json: str, fmt: str, min_person_score: float, min_keypoint_score: float,
+def _export_coco(predictions: Output, output_json: str, fmt: str, min_person_score: float, min_keypoint_score: float,
                  oks_nms: float | None) -> dict[str, Any]:
     stats = ExportStats()
     counts: dict[str, int] = {}
@@ -242,7 +245,7 @@ def label_config_path(output: str) -> str:
 
 
 def export(
-    predictions: str,
+    predictions: Output | str,
     output: str,
     fmt: str,
     min_person_score: float = 0.0,
@@ -251,8 +254,8 @@ def export(
     image_prefixes: Sequence[tuple[str, str]] = (),
     skip_errors: bool = False,
 ) -> dict[str, Any]:
-    """Write an annotate OUTPUT (or one .parquet file) to `output` as `coco-results`, `coco-dataset` or
-    `label-studio` (see `vitpose_batch.review.label_studio`; its labeling config goes to `label_config_path(output)`).
+    """Write an annotate OUTPUT (or one .parquet file; a local path or fsspec URL, or an opened Output) to `output`
+    as `coco-results`, `coco-dataset` or `label-studio` (see `vitpose_batch.review.label_studio`; its labeling config goes to `label_config_path(output)`).
 
     min_person_score: persons scored below are left out (every format). keypoint_threshold: keypoints scored below
     are left out (label-studio) or written unlabelled as (0, 0, 0) (coco-dataset); coco-results keeps every keypoint
@@ -265,6 +268,7 @@ def export(
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    predictions = Output.open(predictions)
     check_predictions(predictions)
     if fmt != "label-studio":
         return _export_coco(predictions, output, fmt.removeprefix("coco-"), min_person_score, keypoint_threshold,

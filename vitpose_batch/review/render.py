@@ -24,13 +24,14 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
-from vitpose_batch.pipeline.image_decoding import decode_image
 from vitpose_batch.defaults import KEYPOINT_THRESHOLD
-from vitpose_batch.review.export import check_predictions
-from vitpose_batch.files.image_reader import ImageSource, image_source_of, read_image_bytes
-from vitpose_batch.output.parts import iter_part_tables
-from vitpose_batch.files.storage import open_filesystem
 from vitpose_batch.files.addresses import image_name
+from vitpose_batch.files.image_reader import ImageSource, image_source_of, read_image_bytes
+from vitpose_batch.files.storage import open_filesystem
+from vitpose_batch.output.layout import Output
+from vitpose_batch.output.parts import iter_part_tables
+from vitpose_batch.pipeline.image_decoding import decode_image
+from vitpose_batch.review.export import check_predictions
 from vitpose_batch.schemas.coco import PredictionRow, iter_prediction_rows
 from vitpose_core.drawing import draw_poses
 
@@ -127,7 +128,7 @@ def _output_name(uri: str, taken: set[str]) -> str:
 
 
 def render(
-    predictions: str,
+    predictions: Output | str,
     outdir: str,
     sample: int = 16,
     seed: int = 0,
@@ -135,13 +136,15 @@ def render(
     keypoint_threshold: float = KEYPOINT_THRESHOLD,
     pick: str = "random",
 ) -> list[str]:
-    """Draw `sample` randomly chosen error-free rows of `predictions` (an annotate OUTPUT or one .parquet file) and
+    """Draw `sample` randomly chosen error-free rows of `predictions` (an annotate OUTPUT or one .parquet file: a
+    local path or fsspec URL, or an opened Output) and
     write them as `<image name>.jpg` into `outdir` (local or fsspec URL, created if missing; a repeated name gets
     `-2`, `-3`, ...). Keypoints scored > keypoint_threshold are drawn, of persons scored >= min_person_score.
     `pick`: "random" (a seeded uniform sample), or "lowest" / "median" / "highest": the images holding the lowest-,
     most typically or highest-scored persons (`scored_sample`). Returns the written paths (`outdir` joined with the file names), in sample order."""
     if sample < 0:
         raise ValueError(f"sample must be >= 0, got {sample}")
+    predictions = Output.open(predictions)
     check_predictions(predictions)
     rows = iter_prediction_rows(iter_part_tables(predictions))
     chosen = reservoir_sample(rows, sample, seed) if pick == "random" else scored_sample(rows, sample, pick)

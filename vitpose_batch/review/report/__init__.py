@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vitpose_batch.files.image_reader import image_source_of
+from vitpose_batch.output.layout import Output
 from vitpose_batch.output.parts import predictions_files, read_parquet
 from vitpose_batch.output.provenance import load_record
 from vitpose_batch.progress import reading
@@ -73,15 +74,18 @@ def collect(fs, files: Sequence[str], picker: SamplePicker) -> Stats:
     return stats
 
 
-def report(predictions: str, report_html: str, ground_truth: str | None = None, sample: int = DEFAULT_SAMPLE,
-           seed: int = 0) -> dict:
-    """Write the HTML report of `predictions` (an annotate OUTPUT or one .parquet part) to `report_html`.
+def report(predictions: Output | str, report_html: str, ground_truth: str | None = None,
+           sample: int = DEFAULT_SAMPLE, seed: int = 0) -> dict:
+    """Write the HTML report of `predictions` (an annotate OUTPUT or one .parquet part: a local path or fsspec URL,
+    or an opened Output) to `report_html`.
 
     Returns what it counted: images, persons, errors, parts, overlays drawn, and the AP dict when `ground_truth`."""
     if sample < 0:
         raise ValueError(f"sample must be >= 0, got {sample}")
+    predictions = Output.open(predictions)
     check_predictions(predictions)
-    fs, folder, files = predictions_files(predictions)
+    folder, files = predictions_files(predictions)
+    fs = predictions.fs
     picker = SamplePicker(sample, seed)
     stats = collect(fs, files, picker)
     samples = read_samples(fs, files, picker.chosen())
@@ -89,14 +93,14 @@ def report(predictions: str, report_html: str, ground_truth: str | None = None, 
     warned: set[str] = set()  # an image that cannot be read is said once, however many of its persons were picked
     overlays = [make_overlay(s, stats.keypoint_set, source, warned) for s in samples]
     job = load_record(predictions) if folder is not None else None
-    runs = load_runs(fs, folder)
+    runs = load_runs(predictions) if folder is not None else []
     metrics = None
     if ground_truth:
         metrics = evaluate(predictions, ground_truth)
     sections = [section_provenance(job, stats), section_runs(runs, throughput(runs)), section_counts(stats),
                 section_distributions(stats), section_low_confidence(stats), section_samples(overlays),
                 section_accuracy(metrics, ground_truth)]
-    html_bytes = page(predictions, sections).encode("utf-8")
+    html_bytes = page(predictions.uri, sections).encode("utf-8")
     write_atomically(report_html, lambda handle: handle.write(html_bytes))
     return {"report": report_html, "images": stats.images, "persons": stats.persons, "errors": stats.errors,
             "parts": stats.parts, "overlays": sum(o.data_uri is not None for o in overlays), "metrics": metrics}

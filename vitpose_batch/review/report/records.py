@@ -7,18 +7,17 @@ import json
 import logging
 from collections.abc import Sequence
 
+from vitpose_batch.output.layout import Output
 from vitpose_batch.output.provenance import read_run_records
 from vitpose_batch.review.report.stats import Stats
 
 log = logging.getLogger("vitpose_batch")
 
 
-def load_runs(fs, folder: str | None) -> list[dict]:
-    """Every readable `_runs/<run>.json`, oldest first."""
-    if folder is None:
-        return []
+def load_runs(output: Output) -> list[dict]:
+    """Every readable `_runs/<run>.json` of OUTPUT, oldest first."""
     runs = []
-    for path, record in read_run_records(fs, folder):
+    for path, record in read_run_records(output):
         if record is None:
             log.warning("report: run record %s is unreadable; left out", path)
         else:

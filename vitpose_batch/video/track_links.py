@@ -1,0 +1,219 @@
+"""Driver side of video tracking: link the track ids of a video's segments, which separate actors tracked apart.
+
+Each segment's `PoseTracker` starts fresh at the segment's first sampled frame, so the persons there get birth ids of
+that frame ("head", local ids). The actor also steps its tracker one sampled frame past the segment's end, onto the
+next segment's first frame ("anchor", the tracker's own ids there). At the boundary frame the next segment's head and
+this segment's anchor are the same persons in the same frame, so `match_persons` (the tracker's own similarity and
+Hungarian assignment) pairs them, and the next segment's head ids take the anchor's final ids. Chains resolve
+transitively: a person seen through five segments keeps the id born in the first.
+
+Rules (per video, per segment k):
+
+* segment 0, or a segment added with no head: its local ids are final.
+* a segment added with `previous` (persons with FINAL ids at the sampled frame before its first, e.g. read back from
+  the output of an earlier run on resume): head ids matched to `previous` take those ids; its mapping is known at
+  once, whatever else was added.
+* otherwise: head ids matched to segment k-1's anchor take the anchor ids' final ids (segment k-1's anchor relabelled
+  by segment k-1's mapping), known once segment k-1's mapping is.
+* head persons matched to nobody are new tracks of the boundary frame: they are numbered as the tracker numbers new
+  tracks (``frame * 1000 + r``, r counting them in head order) skipping the birth ids of that frame already taken by
+  matched persons (persons the previous segment's tracker saw born exactly at the boundary frame). So a person who
+  first appears at a boundary frame gets the id a single tracker over the whole video would give it, and no id is
+  given twice.
+
+Known limit: a person occluded exactly across a boundary (unseen at the boundary frame) cannot be linked and starts a
+new id after the boundary, where one tracker over the whole video would have bridged the gap.
+
+Memory: per video, per segment a few small dicts and the persons of one or two frames, never rows. Pure
+Python / numpy, no Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vitpose_batch.video.tracking import (
+    BIRTH_STRIDE,
+    DEFAULT_MIN_SIMILARITY,
+    DEFAULT_SCORE_THRESHOLD,
+    assign,
+    pose_similarity,
+)
+
+__all__ = ["FramePersons", "TrackLinker", "match_persons", "relabel"]
+
+
+@dataclass
+class FramePersons:
+    """The persons of one sampled frame: track ids (N,), boxes (N, 4) COCO xywh pixels, keypoints (N, K, 3)."""
+
+    frame_index: int
+    track_ids: np.ndarray
+    boxes: np.ndarray
+    keypoints: np.ndarray
+
+    def __post_init__(self):
+        self.frame_index = int(self.frame_index)
+        self.track_ids = np.asarray(self.track_ids, dtype=np.int64).reshape(-1)
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        self.keypoints = np.asarray(self.keypoints, dtype=np.float64)
+        n = len(self.track_ids)
+        if self.keypoints.size == 0:
+            self.keypoints = self.keypoints.reshape(0, self.keypoints.shape[1] if self.keypoints.ndim == 3 else 0, 3)
+        if len(self.boxes) != n or len(self.keypoints) != n or self.keypoints.ndim != 3:
+            raise ValueError(f"FramePersons: {n} ids, boxes {self.boxes.shape}, keypoints {self.keypoints.shape}")
+        if len(np.unique(self.track_ids)) != n:
+            raise ValueError(f"FramePersons: repeated track ids at frame {self.frame_index}: {self.track_ids}")
+
+    def __len__(self) -> int:
+        return len(self.track_ids)
+
+
+def match_persons(a: FramePersons, b: FramePersons, sigmas: np.ndarray,
+                  min_similarity: float = DEFAULT_MIN_SIMILARITY,
+                  score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> dict[int, int]:
+    """{b's track id: a's track id} for the persons of `a` and `b` that are the same person, by the tracker's own
+    similarity and assignment. `a` and `b` may be one frame seen twice or consecutive sampled frames."""
+    if len(a) == 0 or len(b) == 0:
+        return {}
+    similarity = pose_similarity(a.boxes, a.keypoints, b.boxes, b.keypoints, sigmas, score_threshold)
+    return {int(b.track_ids[j]): int(a.track_ids[i]) for i, j in assign(similarity, min_similarity)}
+
+
+def relabel(ids: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+    """`ids` (int64) with every id in `mapping` replaced by its value, all at once (a mapping may swap ids)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    out = ids.copy()
+    for old, new in mapping.items():
+        out[ids == old] = new
+    return out
+
+
+@dataclass
+class _Segment:
+    head: FramePersons | None
+    anchor: FramePersons | None
+    previous: FramePersons | None
+    mapping: dict[int, int] | None = None  # None until known
+    anchor_final: FramePersons | None = None  # the anchor with final ids, once the mapping is known
+    forgotten: bool = False
+
+
+@dataclass
+class _Video:
+    segments: dict[int, _Segment] = field(default_factory=dict)
+    ready: list[int] = field(default_factory=list)
+
+
+class TrackLinker:
+    """Maps each segment's local track ids to final ones, segments added in any order (see the module docstring)."""
+
+    def __init__(self, sigmas: np.ndarray, min_similarity: float = DEFAULT_MIN_SIMILARITY,
+                 score_threshold: float = DEFAULT_SCORE_THRESHOLD):
+        self.sigmas = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+        self.min_similarity = float(min_similarity)
+        self.score_threshold = float(score_threshold)
+        self._videos: dict[str, _Video] = {}
+
+    def add(self, video: str, segment: int, head: FramePersons | None, anchor: FramePersons | None,
+            previous: FramePersons | None = None) -> None:
+        """Record a segment's persons at its first sampled frame (`head`, local ids), its tracker's persons at the
+        next segment's first sampled frame (`anchor`, local ids; None for the last segment) and, where known from
+        elsewhere, the persons with final ids at the sampled frame before its first (`previous`)."""
+        segment = int(segment)
+        if segment < 0:
+            raise ValueError(f"segment must be >= 0, got {segment}")
+        state = self._videos.setdefault(video, _Video())
+        if segment in state.segments:
+            raise ValueError(f"segment {segment} of {video!r} was already added")
+        state.segments[segment] = _Segment(head=head, anchor=anchor, previous=previous)
+        # Resolving this segment may resolve the ones after it that were waiting for it.
+        k = segment
+        while k in state.segments and self._resolve(state, k):
+            k += 1
+
+    def mapping(self, video: str, segment: int) -> dict[int, int] | None:
+        """{local id: final id} for this segment's ids that change (others stay), or None while not yet known."""
+        state = self._videos.get(video)
+        entry = state.segments.get(int(segment)) if state is not None else None
+        if entry is None:
+            return None
+        if entry.forgotten:
+            raise KeyError(f"segment {segment} of {video!r} was forgotten")
+        return entry.mapping
+
+    def ready(self, video: str) -> list[int]:
+        """Segments of `video` whose mapping became known since the last call, in increasing order."""
+        state = self._videos.get(video)
+        if state is None:
+            return []
+        out, state.ready = sorted(state.ready), []
+        return out
+
+    def forget(self, video: str, segment: int) -> None:
+        """Free a segment whose rows are written: only its anchor with final ids stays, until the next segment's
+        mapping is known."""
+        state = self._videos[video]
+        segment = int(segment)
+        entry = state.segments[segment]
+        if entry.mapping is None:
+            raise ValueError(f"segment {segment} of {video!r} cannot be forgotten before its mapping is known")
+        entry.forgotten = True
+        entry.head = entry.anchor = entry.previous = None
+        entry.mapping = {}
+        following = state.segments.get(segment + 1)
+        if following is not None and following.mapping is not None:
+            entry.anchor_final = None
+
+    def close(self, video: str) -> None:
+        """Drop everything kept for `video` (all its segments are written)."""
+        self._videos.pop(video, None)
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _resolve(self, state: _Video, k: int) -> bool:
+        """Work out segment k's mapping if it can be; True when it is known (now or before)."""
+        entry = state.segments[k]
+        if entry.mapping is not None:
+            return True
+        reference: FramePersons | None
+        if entry.previous is not None:
+            reference = entry.previous
+        elif k == 0 or entry.head is None or len(entry.head) == 0:
+            reference = None
+        else:
+            before = state.segments.get(k - 1)
+            if before is None or before.mapping is None:
+                return False
+            reference = before.anchor_final
+            if before.forgotten:
+                before.anchor_final = None  # this segment was the last one to need it
+        entry.mapping = self._link(entry.head, reference)
+        if entry.anchor is not None:
+            entry.anchor_final = FramePersons(entry.anchor.frame_index, relabel(entry.anchor.track_ids, entry.mapping),
+                                              entry.anchor.boxes, entry.anchor.keypoints)
+        entry.previous = None
+        state.ready.append(k)
+        return True
+
+    def _link(self, head: FramePersons | None, reference: FramePersons | None) -> dict[int, int]:
+        if head is None or len(head) == 0:
+            return {}
+        final = {}
+        if reference is not None:
+            final = match_persons(reference, head, self.sigmas, self.min_similarity, self.score_threshold)
+        taken = set(final.values())
+        base = head.frame_index * BIRTH_STRIDE
+        rank = 0
+        for local in head.track_ids.tolist():
+            if local in final:
+                continue
+            while base + rank in taken:
+                rank += 1
+            if rank >= BIRTH_STRIDE:
+                raise ValueError(f"more than {BIRTH_STRIDE} new tracks at frame {head.frame_index}")
+            final[local] = base + rank
+            taken.add(base + rank)
+        return {local: new for local, new in final.items() if local != new}
