@@ -152,18 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset format: keypoints scored below are exported unlabelled (v=0)")
 
     export_to = commands.add_parser(
-        "export", help="annotate output -> COCO results, a COCO dataset or Label Studio tasks",
+        "export", help="annotate output -> COCO results, a COCO dataset, Label Studio tasks, PoseTrack or mmaction2",
         description="Write an annotate OUTPUT as COCO keypoint results, a COCO keypoints dataset (pseudo-labels; "
                     "each annotation's `area` is its person box's w*h) or Label Studio import tasks (a JSON list, "
-                    "one task per image; its labeling config goes beside it as <OUTPUT stem>.label_config.xml).")
+                    "one task per image; its labeling config goes beside it as <OUTPUT stem>.label_config.xml); "
+                    "or its videos' frame rows (image rows left out) as PoseTrack 2018 JSON, one file per video, "
+                    "or an mmaction2 skeleton pickle (PoseDataset).")
     export_to.add_argument("predictions", help="annotate OUTPUT (folder / prefix) or one .parquet file")
-    export_to.add_argument("output", help="the JSON file to write (local or fsspec URL)")
-    export_to.add_argument("--format", required=True, choices=["coco-results", "coco-dataset", "label-studio"],
+    export_to.add_argument("output", help="the JSON file to write (local or fsspec URL); posetrack: a folder "
+                                          "receiving <video name>.json per video; mmaction: a .pkl file")
+    export_to.add_argument("--format", required=True,
+                           choices=["coco-results", "coco-dataset", "label-studio", "posetrack", "mmaction"],
                            type=lambda name: f"coco-{name}" if name in ("results", "dataset") else name,
                            help="coco-results: [{image_id, keypoints, score}] as predicted (or: results); "
                                 "coco-dataset (or: dataset): images + "
                                 "annotations (area = person box w*h) + categories; label-studio: import tasks with "
-                                "the persons as predictions, plus <OUTPUT stem>.label_config.xml")
+                                "the persons as predictions, plus <OUTPUT stem>.label_config.xml; posetrack: per "
+                                "video, images (frames) + annotations with track_id + categories; mmaction: a list "
+                                "of per-video dicts, keypoint [M persons, T frames, V keypoints, 2]")
     export_to.add_argument("--min-person-score", type=SCORE, default=0.0, help="leave out persons scored below")
     export_to.add_argument("--keypoint-threshold", type=SCORE, default=KEYPOINT_THRESHOLD,
                            help="keypoints scored below are left out (label-studio) or written unlabelled as "
@@ -180,14 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     export_to.add_argument("--skip-errors", action="store_true",
                            help="label-studio: leave out error rows (by default they become tasks without "
                                 "predictions whose data.error says what failed)")
+    export_to.add_argument("--track-ids", choices=["preserve", "dense"], default="preserve",
+                           help="posetrack: preserve the rows' track ids, or renumber each video's tracks 0, 1, ... "
+                                "(dense: poseval wants ids below 10000)")
 
-    render = commands.add_parser("render", help="draw keypoints and skeletons on a sample of annotated images")
+    render = commands.add_parser("render", help="draw keypoints and skeletons on a sample of annotated images, "
+                                                "and videos as MP4s with their track ids")
     render.add_argument("predictions", help="annotate OUTPUT (folder / prefix) or one .parquet file")
-    render.add_argument("outdir", help="folder (local or fsspec URL) receiving one JPEG per sampled image")
-    render.add_argument("--sample", type=number(int, 0), default=16, help="how many images")
+    render.add_argument("outdir", help="folder (local or fsspec URL) receiving one JPEG per sampled image and "
+                                       "one <video name>.mp4 per rendered video (one frame per sampled frame)")
+    render.add_argument("--sample", type=number(int, 0), default=16,
+                        help="how many images, and how many videos (the first N by video_uri)")
     render.add_argument("--pick", choices=["random", "lowest", "median", "highest"], default="random",
                         help="which images: a seeded random sample, or those holding the lowest-scored persons, "
-                             "the most typical (median) ones, or the highest-scored")
+                             "the most typical (median) ones, or the highest-scored (videos: always the first N)")
     render.add_argument("--seed", type=int, default=0, help="seed of the random sample")
     render.add_argument("--min-person-score", type=SCORE, default=0.0, help="draw only persons scored at least this")
     render.add_argument("--keypoint-threshold", type=SCORE, default=KEYPOINT_THRESHOLD, help="draw only keypoints scored above this")
@@ -303,7 +315,7 @@ def export_to_command(args: argparse.Namespace) -> int:
 
     stats = export(args.predictions, args.output, args.format, min_person_score=args.min_person_score,
                    keypoint_threshold=args.keypoint_threshold, oks_nms=None if args.no_oks_nms else args.oks_nms,
-                   image_prefixes=args.image_prefix, skip_errors=args.skip_errors)
+                   image_prefixes=args.image_prefix, skip_errors=args.skip_errors, track_ids=args.track_ids)
     print(json.dumps(stats, default=str))
     return 0
 
@@ -314,7 +326,8 @@ def render_command(args: argparse.Namespace) -> int:
     written = render(args.predictions, args.outdir, sample=args.sample, seed=args.seed,
                      min_person_score=args.min_person_score, keypoint_threshold=args.keypoint_threshold,
                      pick=args.pick)
-    print(f"rendered {len(written)} images into {args.outdir}")
+    videos = sum(path.endswith(".mp4") for path in written)
+    print(f"rendered {len(written) - videos} images and {videos} videos into {args.outdir}")
     return 0
 
 

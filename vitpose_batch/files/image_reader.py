@@ -9,9 +9,10 @@ Any other column type, or a column the shard lacks, is refused before any work, 
 the columns the shard has.
 
 Addresses are parsed by `vitpose_batch.files.addresses` (the one parser): `shard.tar#member` is a WebDataset
-member, `shard.parquet#i` row i of a Parquet shard, anything else a plain file. annotate reads shards through
-`parquet_rows`; render and report read any address back through `read_image_bytes` with the image column and root
-the runs recorded (`ImageSource`).
+member, `shard.parquet#i` row i of a Parquet shard, `video.mp4#frame=N` frame N of a video, anything else a plain
+file. annotate reads shards through `parquet_rows`; render and report read any address back as pixels through
+`read_image` (encoded images: `read_image_bytes` with the image column and root the runs recorded, `ImageSource`,
+then annotate's `decode_image`; video frames: `read_video_frame`, one frame decoded as annotate decoded it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -29,7 +31,8 @@ from vitpose_batch.files.addresses import split_image_uri
 from vitpose_batch.files.uris import canonical_uri
 from vitpose_batch.output.layout import Output
 from vitpose_batch.output.provenance import read_run_records
-from vitpose_batch.pipeline.image_decoding import ENCODED_SCHEMA, ImageError, read_bytes
+from vitpose_batch.pipeline.image_decoding import ENCODED_SCHEMA, ImageError, decode_image, read_bytes
+from vitpose_batch.video.decoding import VideoError, decode_frames, scan
 from vitpose_core.filesystems import filesystem, local_path_of, open_uri
 
 
@@ -191,13 +194,66 @@ def _tar_member_bytes(shard: str, member: str) -> bytes:
         return extracted.read()
 
 
+def _exact_local_file(image_uri: str) -> bool:
+    """True when `image_uri` holds a '#' and a local file of exactly that name exists (it wins over any '#' reading)."""
+    local = local_path_of(image_uri)
+    return "#" in image_uri and local is not None and os.path.isfile(local)
+
+
+def read_video_frame(video_uri: str, frame_index: int) -> np.ndarray:
+    """Frame `frame_index` (0-based, presentation order, as rows' `frame_index`) of the video at `video_uri` (local
+    path or fsspec URL), as annotate saw it: HxWx3 uint8 RGB, upright (the container's rotation applied).
+
+    The video's packets are indexed first (`vitpose_batch.video.decoding.scan`: all the file is read once, nothing
+    decoded but the first frame), then decoding starts at the keyframe before the frame and stops at it. For many
+    frames of one video, decode them in one pass with `decode_frames` instead.
+
+    Raises VideoError (a ValueError), one line naming the video: the file cannot be opened or read (missing, not a
+    video, no decoder), it has no frame `frame_index`, or decoding stops before it."""
+    if frame_index < 0:
+        raise VideoError(f"video {video_uri}: no frame {frame_index} (frames are numbered from 0)")
+    try:
+        with open_uri(video_uri) as file:
+            index = scan(file, video_uri)
+            if frame_index >= index.frame_count:
+                raise VideoError(f"video {video_uri}: no frame {frame_index}, it has {index.frame_count} frames")
+            frames = decode_frames(file, video_uri, index, np.array([frame_index]), frame_index, frame_index + 1)
+            try:
+                for _, _, rgb in frames:
+                    return rgb
+            finally:
+                frames.close()
+    except OSError as exc:
+        raise VideoError(f"video {video_uri}: cannot be read: {type(exc).__name__}: {exc}") from exc
+    raise VideoError(f"video {video_uri}: frame {frame_index} did not come out of the decoder")
+
+
+def read_image(image_uri: str, source: ImageSource | None = None) -> np.ndarray:
+    """HxWx3 uint8 RGB of the image behind any `image_uri` rows carry, exactly as annotate saw it: the frame and the
+    pixels the predictions were made on.
+
+    Encoded images (plain files, tar members, Parquet rows: `read_image_bytes` through `source`) are decoded as
+    annotate decodes them (`vitpose_batch.pipeline.image_decoding.decode_image`: EXIF orientation, transparency
+    composited on white, 16-bit grey scaled, at full size); a video frame `video#frame=N` is decoded from the video
+    (`read_video_frame`). Raises what those raise: ImageError, VideoError (one line naming the video), ShardError,
+    FileNotFoundError, OSError."""
+    if not _exact_local_file(image_uri):
+        base, member, kind = split_image_uri(image_uri)
+        if kind == "frame":
+            return read_video_frame(base, int(member))
+    return decode_image(read_image_bytes(image_uri, source))
+
+
 def read_image_bytes(image_uri: str, source: ImageSource | None = None) -> bytes:
     """The encoded bytes of the image behind `image_uri`: a plain file (a local file of exactly that name wins over
-    any '#' reading), a tar member, or a Parquet row read through `source`'s image column."""
-    local = local_path_of(image_uri)
-    if "#" in image_uri and local is not None and os.path.isfile(local):
+    any '#' reading), a tar member, or a Parquet row read through `source`'s image column. A video frame has no
+    encoded bytes of its own: ValueError (read its pixels with `read_image`)."""
+    if _exact_local_file(image_uri):
         return read_bytes(canonical_uri(image_uri))
     base, member, kind = split_image_uri(image_uri)
+    if kind == "frame":
+        raise ValueError(f"{image_uri} is a video frame, which has no encoded bytes of its own; read its pixels "
+                         "with read_image")
     if kind == "tar":
         return _tar_member_bytes(base, member)
     if kind == "parquet":

@@ -26,7 +26,7 @@ from vitpose_batch.files.storage import arrow_filesystem
 from vitpose_batch.output import lease as leases
 from vitpose_batch.output import parts, provenance, resume, runs
 from vitpose_batch.output.layout import Output
-from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA
+from vitpose_batch.schemas.predictions import FRAME_FIELDS, PREDICTION_SCHEMA
 from vitpose_core.keypoint_sets import get_keypoint_set
 
 log = logging.getLogger("vitpose_batch")
@@ -80,10 +80,13 @@ def provenance_of(settings: dict) -> provenance.Provenance:
 
 
 def keyed(table: pa.Table, key_column: str) -> pa.Table:
-    """The rows with `image_uri` holding their key (a dataset without `image_uri` takes it from `key_column`) and an
-    `image_id` (null where the rows have none)."""
+    """The rows with `image_uri` holding their key (a dataset without `image_uri` takes it from `key_column`), an
+    `image_id` and the video columns (null where the rows have none)."""
     if "image_id" not in table.column_names:
         table = table.append_column("image_id", pa.nulls(table.num_rows, pa.int64()))
+    for field in FRAME_FIELDS:  # video frames' columns: null for images
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     if key_column == "image_uri" or "image_uri" not in table.column_names:
         if key_column not in table.column_names:
             raise OutputRowsError(f"write_output: no key column {key_column!r}; the rows have "

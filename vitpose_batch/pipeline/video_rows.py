@@ -32,7 +32,8 @@ def frame_persons(frame_index: int | None, persons: list[dict]) -> FramePersons 
         return None
     ids = [p["track_id"] for p in persons]
     boxes = np.array([p["bbox"] for p in persons], np.float64).reshape(-1, 4)
-    keypoints = np.array([p["keypoints"] for p in persons], np.float64).reshape(len(persons), -1, 3)
+    keypoints = (np.array([p["keypoints"] for p in persons], np.float64).reshape(len(persons), -1, 3) if persons
+                 else np.zeros((0, 0, 3)))
     return FramePersons(frame_index, np.array(ids, np.int64), boxes, keypoints)
 
 

@@ -90,6 +90,8 @@ def video_segments(batch: pa.Table, sampling: Sampling, finished=None) -> pa.Tab
 
 def segments_of(video_uri: str, sampling: Sampling, finished=None) -> pa.Table:
     """One video's segments (see `video_segments`)."""
+    if finished is not None and len(finished) and finished.contains(uri_keys(pa.array([video_uri])))[0]:
+        return SEGMENT_SCHEMA.empty_table()  # OUTPUT holds the row saying this video cannot be read
     try:
         with open_uri(video_uri) as file:
             index = scan(file, video_uri)

@@ -88,19 +88,20 @@ class VideoWorker:
                     if len(pending) >= FRAMES_PER_CALL * 4:
                         yield self.frame_rows(uri, pending, width, height, segment)
                         pending = []
-        except (VideoError, OSError) as exc:  # the frames before the fault are kept; the rest is one error row
+        except (VideoError, OSError) as exc:
+            # The frames before the fault are kept; every sampled frame after it gets an error row saying where
+            # decoding stopped (a row per frame: a re-run finds each one done and decodes nothing again).
             missing = [int(f) for f in frames[decoded:] if emit.get(int(f))]
             if pending:
                 yield self.frame_rows(uri, pending, width, height, segment)
                 pending = []
             if missing:
                 message = str(exc) if isinstance(exc, VideoError) else f"video {uri}: {type(exc).__name__}: {exc}"
-                first = missing[0]
-                t = segment["timestamps_s"][first - segment["start"]]
-                yield with_links(make_table([frame_uri(uri, first)], [None], [width], [height], [[]],
-                                            [f"{message}; {len(missing)} sampled frames from here to frame "
-                                             f"{missing[-1]} not decoded"], [False], video_uri=[uri],
-                                            frame_index=[first], timestamp_s=[t]), segment)
+                n = len(missing)
+                times = [segment["timestamps_s"][f - segment["start"]] for f in missing]
+                yield with_links(make_table([frame_uri(uri, f) for f in missing], [None] * n, [width] * n,
+                                            [height] * n, [[]] * n, [message] * n, [False] * n,
+                                            video_uri=[uri] * n, frame_index=missing, timestamp_s=times), segment)
         if pending:
             yield self.frame_rows(uri, pending, width, height, segment)
         if segment["tail_error"]:
@@ -120,7 +121,15 @@ class VideoWorker:
         step = 0  # sampled frames seen in this segment
         previous: dict | None = None
         batch: list[tuple[int, float, np.ndarray]] = []
-        for local, timestamp, image in frames:
+        while True:
+            try:
+                local, timestamp, image = next(frames)
+            except StopIteration:
+                break
+            except (VideoError, OSError):
+                if batch:  # the frames decoded before the fault are labelled, then the fault is reported
+                    yield self.detect_and_track(batch, tracker)
+                raise
             frame = local + segment["start"]
             if self.detect_every == 1:
                 batch.append((frame, timestamp, image))

@@ -10,14 +10,22 @@ Pseudo-labels (`coco-dataset`, `label-studio`) are OKS-NMS'd per image first, as
 (`vitpose_batch.review.oks.oks_nms`: best person score first, OKS with the sigmas of the OUTPUT's keypoint set and the padded
 person box areas, threshold 0.9 by default), so a person found twice becomes one label to review. `coco-results`
 stays as predicted: it is what `evaluate` reads, and evaluate applies that NMS itself.
+
+Videos (`posetrack`, `mmaction`): only the frame rows of videos are exported (image rows are left out, and so is the
+one error row of a video that could not be read at all, which has no frame_index). Each video needs all its rows at
+once (its tracks span part files), so the frame rows are gathered into one table of the columns those formats read
+(`VIDEO_ROW_COLUMNS`): memory grows with the videos' frame rows, not with the image rows. `posetrack` writes one
+JSON document per video into a folder (`vitpose_batch.review.posetrack`), `mmaction` one pickle
+(`vitpose_batch.review.mmaction`); each file is written as above (whole or not at all).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import posixpath
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -32,7 +40,9 @@ from vitpose_batch.output.layout import PART_SUFFIX, Output
 from vitpose_batch.output.parts import is_part_file, iter_part_tables, list_part_files, predictions_files
 from vitpose_batch.output.provenance import load_record
 from vitpose_batch.review.label_studio import KEYPOINT_THRESHOLD, label_config, label_studio_tasks
+from vitpose_batch.review.mmaction import PICKLE_PROTOCOL, mmaction_annotations
 from vitpose_batch.review.oks import OKS_THRESHOLD, oks_nms, padded_box_areas
+from vitpose_batch.review.posetrack import posetrack_videos, video_names
 from vitpose_batch.schemas.coco import (
     ExportStats,
     coco_results,
@@ -40,10 +50,16 @@ from vitpose_batch.schemas.coco import (
     write_coco_dataset,
     write_json_stream,
 )
+from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA
 from vitpose_core.keypoint_sets import COCO, KeypointSet, get_keypoint_set, keypoint_set_for_count
 
 FORMATS = ("results", "dataset")
-EXPORT_FORMATS = ("coco-results", "coco-dataset", "label-studio")
+VIDEO_FORMATS = ("posetrack", "mmaction")
+EXPORT_FORMATS = ("coco-results", "coco-dataset", "label-studio", *VIDEO_FORMATS)
+# what the video formats read of a frame row
+VIDEO_ROW_COLUMNS = ("image_uri", "width", "height", "persons", "error", "video_uri", "frame_index", "timestamp_s")
+
+
 def _abandon(fs: Any, handle: Any, target: str) -> None:
     """Leave nothing behind after a failed write: no half upload becomes visible, no temporary file stays."""
     try:
@@ -191,6 +207,104 @@ def oks_nms_tables(tables: Iterable[pa.Table], keypoint_set: KeypointSet, thresh
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Video frame rows
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def read_video_rows(predictions: Output, video_uris: Collection[str] | None = None,
+                    counts: dict[str, int] | None = None) -> pa.Table:
+    """The frame rows of the videos of `predictions` (every video, or only those in `video_uris`) as one table of
+    `VIDEO_ROW_COLUMNS`, in part order; part files are streamed one at a time, only those columns read.
+
+    Left out: image rows (video_uri null: `counts["image_rows"]`) and rows of a video without a frame_index (the one
+    error row of a video that could not be read at all: `counts["rows_without_frame"]`). Parts written before videos
+    (no video_uri column) hold image rows only."""
+    counts = counts if counts is not None else {}
+    counts.setdefault("image_rows", 0)
+    counts.setdefault("rows_without_frame", 0)
+    schema = PREDICTION_SCHEMA
+    target = pa.schema([schema.field(c).with_nullable(True) for c in VIDEO_ROW_COLUMNS])
+    wanted = None if video_uris is None else pa.array(sorted(set(video_uris)), pa.string())
+    kept = []
+    for table in iter_part_tables(predictions, columns=list(VIDEO_ROW_COLUMNS)):
+        if "video_uri" not in table.column_names or "frame_index" not in table.column_names:
+            counts["image_rows"] += table.num_rows
+            continue
+        is_video = pc.is_valid(table.column("video_uri"))
+        framed = pc.and_(is_video, pc.is_valid(table.column("frame_index")))
+        videos, frames = (int(np.count_nonzero(a.to_numpy(zero_copy_only=False))) for a in (is_video, framed))
+        counts["image_rows"] += table.num_rows - videos
+        counts["rows_without_frame"] += videos - frames
+        if wanted is not None:
+            framed = pc.and_(framed, pc.is_in(table.column("video_uri"), value_set=wanted))
+        table = table.filter(framed)
+        if table.num_rows:
+            missing = [c for c in VIDEO_ROW_COLUMNS if c not in table.column_names]  # timestamp_s: always written
+            for name in missing:
+                table = table.append_column(target.field(name), pa.nulls(table.num_rows, target.field(name).type))
+            kept.append(table.select(list(VIDEO_ROW_COLUMNS)).replace_schema_metadata(None))
+    if not kept:
+        return target.empty_table()
+    return pa.concat_tables(kept, promote_options="permissive")
+
+
+def video_counts(rows: pa.Table) -> dict[str, int]:
+    """videos (distinct video_uri), frames (rows) and tracks (distinct (video_uri, track_id) of the persons with a
+    track id) of frame rows (`read_video_rows`)."""
+    if rows.num_rows == 0:
+        return {"videos": 0, "frames": 0, "tracks": 0}
+    videos = rows.column("video_uri").combine_chunks().dictionary_encode()
+    codes = np.asarray(videos.indices.to_numpy(zero_copy_only=False), np.int64)
+    persons = rows.column("persons")
+    flat = pc.list_flatten(persons)
+    tracks = 0
+    if len(flat) and "track_id" in [f.name for f in flat.type]:
+        parents = np.asarray(pc.list_parent_indices(persons).to_numpy(zero_copy_only=False), np.int64)
+        ids = pc.struct_field(flat, "track_id")
+        has = np.asarray(pc.is_valid(ids).to_numpy(zero_copy_only=False), bool)
+        ids = np.asarray(pc.fill_null(ids, 0).to_numpy(zero_copy_only=False), np.int64)
+        pairs = np.stack([codes[parents[has]], ids[has]], axis=1)
+        tracks = len(np.unique(pairs, axis=0)) if len(pairs) else 0
+    return {"videos": len(videos.dictionary), "frames": rows.num_rows, "tracks": int(tracks)}
+
+
+def _persons_scored_at_least(rows: pa.Table, min_person_score: float) -> tuple[pa.Table, int]:
+    """`rows` without the persons scored below `min_person_score` (a NaN score is kept), and how many went."""
+    if min_person_score <= 0 or rows.num_rows == 0:
+        return rows, 0
+    rows = rows.combine_chunks()
+    scores = pc.struct_field(pc.list_flatten(rows.column("persons")), "score").to_numpy(zero_copy_only=False)
+    keep = ~(np.asarray(scores, np.float64) < min_person_score)
+    return (rows if keep.all() else _filter_persons(rows, keep)), int((~keep).sum())
+
+
+def _export_video(predictions: Output, output: str, fmt: str, min_person_score: float,
+                  track_ids: str) -> dict[str, Any]:
+    if fmt == "mmaction" and not output.endswith(".pkl"):
+        raise ValueError(f"mmaction: OUTPUT must be a .pkl file (mmaction2's PoseDataset reads only those), got {output!r}")
+    counts: dict[str, int] = {}
+    rows = read_video_rows(predictions, counts=counts)
+    if rows.num_rows == 0:
+        raise ValueError(f"predictions {predictions} hold no video frames ({fmt} exports the frame rows of videos; "
+                         "coco-results / coco-dataset / label-studio export images)")
+    rows, counts["persons_below_score"] = _persons_scored_at_least(rows, min_person_score)
+    keypoint_set = output_keypoint_set(predictions)
+    stats = {"format": fmt, "output": output, **video_counts(rows), **counts}
+    if fmt == "posetrack":
+        documents = posetrack_videos(rows, keypoint_set.keypoint_names, keypoint_set.skeleton, track_ids=track_ids)
+        names = video_names(documents)
+        for uri, document in documents.items():
+            data = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+            write_atomically(f"{output.rstrip('/')}/{names[uri]}.json", lambda handle, data=data: handle.write(data))
+        stats["files"] = len(documents)
+    else:
+        payload = pickle.dumps(mmaction_annotations(rows, keypoint_set.num_keypoints), protocol=PICKLE_PROTOCOL)
+        write_atomically(output, lambda handle: handle.write(payload))
+        stats["files"] = 1
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Exports
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -253,23 +367,35 @@ def export(
     oks_nms: float | None = OKS_THRESHOLD,
     image_prefixes: Sequence[tuple[str, str]] = (),
     skip_errors: bool = False,
+    track_ids: str = "preserve",
 ) -> dict[str, Any]:
     """Write an annotate OUTPUT (or one .parquet file; a local path or fsspec URL, or an opened Output) to `output`
-    as `coco-results`, `coco-dataset` or `label-studio` (see `vitpose_batch.review.label_studio`; its labeling config goes to `label_config_path(output)`).
+    as `coco-results`, `coco-dataset` or `label-studio` (see `vitpose_batch.review.label_studio`; its labeling
+    config goes to `label_config_path(output)`), or its videos as `posetrack` (`output`: a folder receiving
+    `<video name>.json` per video, names as `vitpose_batch.review.posetrack.video_names` makes them) or `mmaction`
+    (`output`: one `.pkl` file, a list of one dict per video with keypoint float32 [M, T, V, 2] and keypoint_score
+    [M, T, V]; see `vitpose_batch.review.mmaction`).
 
     min_person_score: persons scored below are left out (every format). keypoint_threshold: keypoints scored below
-    are left out (label-studio) or written unlabelled as (0, 0, 0) (coco-dataset); coco-results keeps every keypoint
-    with its score. oks_nms: the OKS threshold of the per-image NMS of coco-dataset and label-studio, None for none.
-    A coco-dataset annotation's `area` is its person box's w*h (what a detector gave; the keypoints' extent would
-    shrink with every unlabelled keypoint). image_prefixes, skip_errors: label-studio only (see
-    `vitpose_batch.review.label_studio.label_studio_tasks`).
+    are left out (label-studio) or written unlabelled as (0, 0, 0) (coco-dataset); coco-results, posetrack and
+    mmaction keep every keypoint with its score. oks_nms: the OKS threshold of the per-image NMS of coco-dataset and
+    label-studio, None for none. A coco-dataset annotation's `area` is its person box's w*h (what a detector gave;
+    the keypoints' extent would shrink with every unlabelled keypoint). image_prefixes, skip_errors: label-studio
+    only (see `vitpose_batch.review.label_studio.label_studio_tasks`). track_ids: posetrack only, "preserve" (the
+    rows' ids) or "dense" (0, 1, ... per video, as poseval needs).
 
-    Returns the export's counts plus `format` and `output` (and `label_config` for label-studio).
+    Returns the export's counts plus `format` and `output` (and `label_config` for label-studio); posetrack and
+    mmaction: videos, frames, tracks (distinct (video, track id)) written, files, image_rows and rows_without_frame
+    (left out), persons_below_score. Raises ValueError for an unknown format, predictions that are not an annotate
+    OUTPUT, posetrack / mmaction of an OUTPUT that holds no video frames, an mmaction `output` not ending in .pkl,
+    and rows the formats refuse (see their modules).
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     predictions = Output.open(predictions)
     check_predictions(predictions)
+    if fmt in VIDEO_FORMATS:
+        return _export_video(predictions, output, fmt, min_person_score, track_ids)
     if fmt != "label-studio":
         return _export_coco(predictions, output, fmt.removeprefix("coco-"), min_person_score, keypoint_threshold,
                             oks_nms if fmt == "coco-dataset" else None)

@@ -68,8 +68,10 @@ def plan_segments(index: VideoIndex, sampled: np.ndarray, segment_s: float) -> l
     """Cut the video into consecutive segments of about `segment_s` seconds that hold the `sampled` frames (frame
     indices of `index`).
 
-    The cuts are aimed at t0 + k * segment_s (t0: the first frame's time). A cut goes to the keyframe nearest the aim
-    when one lies within segment_s / 2 of it, else to the frame nearest the aim. The segments cover frames
+    The cuts are aimed at t0 + k * segment_s (t0: the first frame's time) and made only at keyframes: at the
+    keyframe nearest the aim when one lies within segment_s / 2 of it, else not at all (the segment runs on to the
+    next cut). Every segment then starts where its decoder can: no frame is decoded twice, however far apart the
+    keyframes (a video with one keyframe is one segment). The segments cover frames
     [0, frame_count) once; those without a sampled frame are dropped and the rest numbered 0.. so every sampled
     frame lies in exactly one segment.
 
@@ -89,13 +91,9 @@ def plan_segments(index: VideoIndex, sampled: np.ndarray, segment_s: float) -> l
     keyframes = keyframes[(keyframes > 0) & (keyframes < count)]
     aims = times[0] + segment_s * np.arange(1, int(np.floor((times[-1] - times[0]) / segment_s)) + 1)
     cuts = [0]
-    for aim, frame in zip(aims, _nearest(times, aims) if len(aims) else []):
-        cut = int(frame)
-        if len(keyframes):
-            nearest_key = int(keyframes[np.argmin(np.abs(times[keyframes] - aim))])
-            if abs(times[nearest_key] - aim) <= segment_s / 2:
-                cut = nearest_key
-        if cut > cuts[-1]:
+    for aim in aims if len(keyframes) else []:
+        cut = int(keyframes[np.argmin(np.abs(times[keyframes] - aim))])
+        if abs(times[cut] - aim) <= segment_s / 2 and cut > cuts[-1]:
             cuts.append(cut)
     cuts.append(count)
     segments = []

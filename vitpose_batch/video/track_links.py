@@ -4,7 +4,7 @@ Each segment's `PoseTracker` starts fresh at the segment's first sampled frame, 
 that frame ("head", local ids). The actor also steps its tracker one sampled frame past the segment's end, onto the
 next segment's first frame ("anchor", the tracker's own ids there). At the boundary frame the next segment's head and
 this segment's anchor are the same persons in the same frame, so `match_persons` (the tracker's own similarity and
-Hungarian assignment) pairs them, and the next segment's head ids take the anchor's final ids. Chains resolve
+greedy matching, most similar first) pairs them, and the next segment's head ids take the anchor's final ids. Chains resolve
 transitively: a person seen through five segments keeps the id born in the first.
 
 Rules (per video, per segment k):

@@ -1,7 +1,7 @@
 """Online pose tracking for video rows: one `PoseTracker` per segment of a video, run by the actor that processes it.
 
-Each sampled frame's persons are matched to the live tracks by Hungarian assignment (scipy's
-`linear_sum_assignment`) on a similarity that is the larger of the OKS (COCO's, `vitpose_batch.review.oks.oks`, with
+Each sampled frame's persons are matched to the live tracks greedily, most similar pair first (as mmpose's pose
+tracking demos and the PoseTrack baselines match), on a similarity that is the larger of the OKS (COCO's, `vitpose_batch.review.oks.oks`, with
 the keypoint set's sigmas and box areas w*h) between the track's last pose and the person's pose over the keypoints
 confident in both, and the IoU of the two boxes. A pair needs `min_similarity` to match. OKS carries a person
 through crossings and boxes that jump; IoU carries it where its keypoints are unsure (small, blurred, occluded
@@ -14,13 +14,16 @@ segment's first sampled frame therefore gives every person there a birth id of t
 
 `pose_similarity` and `assign` are the one definition of "same person" that `track_links.match_persons` shares.
 
-Pure numpy / scipy; deterministic (no randomness, stable orders).
+Greedy rather than Hungarian (maximum total similarity): a detector's weak partial box beside a person can make
+two middling pairs outscore one clear pair, and the sum-maximising assignment then swaps two persons' ids; greedy
+keeps the clear pair (measured on the known-motion video of tests/test_video_tracking_job.py).
+
+Pure numpy; deterministic (no randomness, stable orders).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from vitpose_batch.review.oks import oks
 
@@ -107,15 +110,20 @@ def pose_similarity(boxes_a: np.ndarray, keypoints_a: np.ndarray, boxes_b: np.nd
 
 
 def assign(similarity: np.ndarray, min_similarity: float) -> list[tuple[int, int]]:
-    """Hungarian assignment maximising the total similarity of pairs that reach `min_similarity`; returns those
-    pairs (row, column), sorted by row."""
-    similarity = np.asarray(similarity, dtype=np.float64)
+    """Greedy matching: pairs (row, column) taken most similar first, each row and column once, down to
+    `min_similarity`; ties go to the lower row, then column. Returns the pairs sorted by row."""
+    similarity = np.nan_to_num(np.asarray(similarity, dtype=np.float64), nan=0.0)
     if similarity.size == 0:
         return []
-    valid = np.nan_to_num(similarity, nan=0.0) >= min_similarity
-    gain = np.where(valid, similarity, 0.0)
-    rows, cols = linear_sum_assignment(gain, maximize=True)
-    return [(int(r), int(c)) for r, c in zip(rows, cols) if valid[r, c]]
+    rows, cols = np.nonzero(similarity >= min_similarity)
+    order = np.lexsort((cols, rows, -similarity[rows, cols]))
+    used_rows, used_cols, pairs = set(), set(), []
+    for r, c in zip(rows[order].tolist(), cols[order].tolist()):
+        if r not in used_rows and c not in used_cols:
+            used_rows.add(r)
+            used_cols.add(c)
+            pairs.append((r, c))
+    return sorted(pairs)
 
 
 class PoseTracker:

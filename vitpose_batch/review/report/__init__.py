@@ -1,7 +1,7 @@
 """`vitpose-batch report`: one self-contained HTML page that tells, in a minute, what an annotate OUTPUT holds.
 
 Sections: what made the rows (`_job.json`) and the runs that wrote them (`_runs/*.json`, with their throughput);
-counts and a table of error kinds; distributions of person scores, keypoint scores per joint and persons per image;
+counts and a table of error kinds; for videos, their frames and tracks (distinct (video_uri, track_id)); distributions of person scores, keypoint scores per joint and persons per image;
 the share of low-confidence persons; overlays of the lowest-, median- and highest-scored persons on their images;
 and, with a ground truth, the AP table (`vitpose_batch.review.evaluate.evaluate`, the detector's box AP included when a detector
 made the boxes). Plots are PNGs from matplotlib's Agg renderer, overlays JPEGs, all embedded as `data:` URIs with
@@ -19,11 +19,13 @@ How memory stays bounded whatever the number of rows (a 100 M-row OUTPUT is neve
   1/sqrt(RESERVOIR) in rank (about +-1.6 % at 4096), close enough for "a typical person" and exact for outputs of
   fewer persons. The pools hold a score and a locator (part file, person index) only; the chosen persons' rows are
   read back from at most `--sample` part files afterwards (a second pass over those parts only).
+* videos: the distinct video URIs and (video, track id) keys are kept (`VideoTally`: memory grows with the videos
+  and tracks, 16 bytes a track, not with the rows);
 * the AP table is `vitpose_batch.review.evaluate.evaluate`, which holds every prediction as COCO results, as `evaluate` does: it is
   computed only with `--ground-truth`.
 
-Overlays decode each image exactly as annotate does (`vitpose_batch.review.render.read_image`: annotate's reader and `decode_image`,
-EXIF orientation, 16-bit and alpha handling; at full size, the frame the rows' coordinates are in even where annotate
+Overlays decode each image exactly as annotate does (`vitpose_batch.files.image_reader.read_image`: annotate's reader and
+`decode_image`, EXIF orientation, 16-bit and alpha handling; a video frame decoded from its video; at full size, the frame the rows' coordinates are in even where annotate
 decoded a large JPEG reduced), so a keypoint lands where the model put it; an image that cannot be read any more is
 shown as a caption with the reason, never a crash.
 
@@ -46,13 +48,13 @@ from vitpose_batch.review.evaluate import evaluate
 from vitpose_batch.review.export import check_predictions, write_atomically
 from vitpose_batch.review.report.html import (page, section_accuracy, section_counts, section_distributions,
                                               section_low_confidence, section_provenance, section_runs,
-                                              section_samples)
+                                              section_samples, section_videos)
 from vitpose_batch.review.report.records import load_runs, throughput
 from vitpose_batch.review.report.samples import Sample, SamplePicker, draw_overlay, make_overlay, read_samples
-from vitpose_batch.review.report.stats import (COLUMNS, Stats, add_errors, add_persons, error_kind, flat_persons,
-                                               read_part_metadata)
+from vitpose_batch.review.report.stats import (COLUMNS, Stats, VideoTally, add_errors, add_persons, error_kind,
+                                               flat_persons, read_part_metadata)
 
-__all__ = ["DEFAULT_SAMPLE", "Sample", "SamplePicker", "Stats", "add_errors", "add_persons", "collect",
+__all__ = ["DEFAULT_SAMPLE", "Sample", "SamplePicker", "Stats", "VideoTally", "add_errors", "add_persons", "collect",
            "draw_overlay", "error_kind", "flat_persons", "report"]
 
 DEFAULT_SAMPLE = 12
@@ -70,6 +72,7 @@ def collect(fs, files: Sequence[str], picker: SamplePicker) -> Stats:
         counts, flat = flat_persons(table)
         valid = table.column("error").is_null().to_numpy(zero_copy_only=False)
         picker.add(index, add_persons(stats, counts, valid, flat))
+        stats.video.add(table, counts, flat)
         del table, flat  # the next part replaces this one: at most one part in memory
     return stats
 
@@ -79,7 +82,10 @@ def report(predictions: Output | str, report_html: str, ground_truth: str | None
     """Write the HTML report of `predictions` (an annotate OUTPUT or one .parquet part: a local path or fsspec URL,
     or an opened Output) to `report_html`.
 
-    Returns what it counted: images, persons, errors, parts, overlays drawn, and the AP dict when `ground_truth`."""
+    Returns what it counted: images (rows, video frames included), persons, errors, parts, videos, frames (rows of
+    videos with a frame_index), tracks (distinct (video_uri, track_id); all three 0 for an OUTPUT of images only),
+    overlays drawn, and the AP dict when `ground_truth` (else None). Raises ValueError for a negative `sample` or
+    predictions that are not an annotate OUTPUT."""
     if sample < 0:
         raise ValueError(f"sample must be >= 0, got {sample}")
     predictions = Output.open(predictions)
@@ -98,9 +104,10 @@ def report(predictions: Output | str, report_html: str, ground_truth: str | None
     if ground_truth:
         metrics = evaluate(predictions, ground_truth)
     sections = [section_provenance(job, stats), section_runs(runs, throughput(runs)), section_counts(stats),
-                section_distributions(stats), section_low_confidence(stats), section_samples(overlays),
+                section_videos(stats), section_distributions(stats), section_low_confidence(stats), section_samples(overlays),
                 section_accuracy(metrics, ground_truth)]
     html_bytes = page(predictions.uri, sections).encode("utf-8")
     write_atomically(report_html, lambda handle: handle.write(html_bytes))
     return {"report": report_html, "images": stats.images, "persons": stats.persons, "errors": stats.errors,
-            "parts": stats.parts, "overlays": sum(o.data_uri is not None for o in overlays), "metrics": metrics}
+            "parts": stats.parts, "videos": stats.video.videos, "frames": stats.video.frames,
+            "tracks": stats.video.tracks, "overlays": sum(o.data_uri is not None for o in overlays), "metrics": metrics}

@@ -115,6 +115,20 @@ def section_counts(stats: Stats) -> str:
             f'first ":", numbers as N.</p>{errors}')
 
 
+def section_videos(stats: Stats) -> str:
+    """The videos' counts (videos, frames, tracks, and per video / per track averages); "" for images only."""
+    tally = stats.video
+    if not tally.videos:
+        return ""
+    videos, frames, tracks = tally.videos, tally.frames, tally.tracks
+    cards = [(f"{videos:,}", "videos"), (f"{frames:,}", "frames (rows)"), (f"{tracks:,}", "tracks"),
+             (f"{frames / videos:,.1f}", "frames per video"), (f"{tracks / videos:,.1f}", "tracks per video")]
+    html_cards = "".join(f'<div class="card"><b>{esc(v)}</b>{esc(label)}</div>' for v, label in cards)
+    return (f'<h2 id="videos">Videos</h2><div class="cards">{html_cards}</div>'
+            f'<p class="muted">Each sampled frame of a video is one row ({frames:,} of the {stats.images:,} rows); '
+            f'a track is one person followed through a video (distinct video and track id).</p>')
+
+
 def section_distributions(stats: Stats) -> str:
     plots = [plot_person_scores(stats.person_scores), plot_persons_per_image(stats.persons_per_image)]
     if stats.keypoint_scores is not None:

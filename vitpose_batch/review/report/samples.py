@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vitpose_batch.defaults import KEYPOINT_THRESHOLD  # keypoints drawn on overlays: as `render` draws them
-from vitpose_batch.files.image_reader import ImageSource
+from vitpose_batch.files.image_reader import ImageSource, read_image
 from vitpose_batch.output.parts import read_parquet
-from vitpose_batch.review.render import read_image
 from vitpose_batch.review.report.stats import COLUMNS, flat_persons
 from vitpose_core.drawing import draw_poses
 
@@ -194,7 +193,7 @@ class Overlay:
 def make_overlay(sample: Sample, keypoint_set: str | None, source: ImageSource | None = None,
                  warned: set[str] | None = None) -> Overlay:
     """Read and decode the sample's image as annotate did (shard rows through the image column the runs recorded:
-    `source`), draw its person, crop; a failure becomes the caption, and one warning per image (`warned`: the images
+    `source`; a video frame decoded from its video), draw its person, crop; a failure becomes the caption, and one warning per image (`warned`: the images
     already warned about, when several samples share one)."""
     try:
         image = read_image(sample.image_uri, source)
