@@ -23,9 +23,9 @@ import pyarrow as pa
 
 from vitpose_batch.defaults import DEFAULT_COMMIT_INTERVAL_S, DEFAULT_ROWS_PER_FILE
 from vitpose_batch.files.storage import arrow_filesystem
-from vitpose_batch.output import lease as leases
 from vitpose_batch.output import parts, provenance, resume, runs
 from vitpose_batch.output.layout import Output
+from vitpose_batch.output.session import OutputSession
 from vitpose_batch.schemas.predictions import FRAME_FIELDS, PREDICTION_SCHEMA
 from vitpose_core.keypoint_sets import get_keypoint_set
 
@@ -126,57 +126,38 @@ def write_output(ds, output: Output | str, *, key_column: str = "image_uri", mod
                                                           flip_test=flip_test, dataset_index=dataset_index,
                                                           dtype=dtype)))
     output = Output.open(output)  # the one opening of OUTPUT: everything below is handed this
-    record = provenance.load_record(output)
-    if record is not None:
-        provenance.check_settings(output, record, wanted)
-    run_id = runs.new_run_id()
-    lease = leases.make_lease(output, run_id)
-    lease.acquire()
-    summary = WriteSummary(run_id=run_id)
-    source = f"a Ray Dataset (write_output, keyed by {key_column})"
+    keypoint_set = get_keypoint_set(wanted.keypoint_set)
+    session = OutputSession(output, wanted, keypoint_set.keypoint_names, keypoint_set.name,
+                            source=f"a Ray Dataset (write_output, keyed by {key_column})")
+    session.check()
+    summary = WriteSummary(run_id=runs.new_run_id())
     started = time.time()
     try:
-        provenance.settle_record(output, wanted)  # again, under the lease: it cannot change from here on
-        runs.mark_dead_runs(output)
-        keypoint_set = get_keypoint_set(wanted.keypoint_set)
-        metadata = parts.part_metadata(wanted.as_dict(), keypoint_set.keypoint_names, keypoint_set.name,
-                                       provenance.package_version(), run_id)
-        runs.write_run_record(output, run_id, "running", started, asdict(summary), input=source)
-        parts.recover_staging(output)
-        done = resume.scan_output(output).finished
-        written = resume.GrowingKeySet()  # this run's keys: a key the dataset repeats is written once
-        writer = parts.PartWriter(output, run_id, output_schema(first), metadata,
-                                  rows_per_file=rows_per_file or DEFAULT_ROWS_PER_FILE,
-                                  commit_interval=commit_interval or DEFAULT_COMMIT_INTERVAL_S, check=lease.check)
-        table = first
-        while table is not None:
-            keys = resume.uri_keys(table.column("image_uri"))
-            fresh = ~done.contains(keys) & ~written.contains(keys)
-            _, first_of_key = np.unique(keys, axis=0, return_index=True)  # a key twice in one batch: once
-            once = np.zeros(len(keys), bool)
-            once[first_of_key] = True
-            fresh &= once
-            summary.skipped += int((~fresh).sum())
-            if fresh.any():
-                writer.add(table.filter(pa.array(fresh)))
-                written.add(keys[fresh])
-            table = next(batches, None)
-            table = keyed(table, key_column) if table is not None else None
-        writer.close()
-        for key in ("images", "persons", "errors", "files"):
-            setattr(summary, key, writer.totals[key])
-        summary.seconds = time.time() - started
-        runs.write_run_record(output, run_id, "complete", started, asdict(summary), input=source)
-    except BaseException as exc:
-        summary.seconds = time.time() - started
-        try:
-            runs.write_run_record(output, run_id, "failed", started, asdict(summary), input=source,
-                                  error=str(exc)[:500])
-        except Exception:  # noqa: BLE001 - the original failure is the one to report
-            pass
-        raise
+        with session.run(lambda: asdict(summary), run_id=summary.run_id) as run:
+            done = resume.scan_output(output).finished
+            written = resume.GrowingKeySet()  # this run's keys: a key the dataset repeats is written once
+            writer = run.writer(output_schema(first), rows_per_file=rows_per_file or DEFAULT_ROWS_PER_FILE,
+                                commit_interval=commit_interval or DEFAULT_COMMIT_INTERVAL_S)
+            table = first
+            while table is not None:
+                keys = resume.uri_keys(table.column("image_uri"))
+                fresh = ~done.contains(keys) & ~written.contains(keys)
+                _, first_of_key = np.unique(keys, axis=0, return_index=True)  # a key twice in one batch: once
+                once = np.zeros(len(keys), bool)
+                once[first_of_key] = True
+                fresh &= once
+                summary.skipped += int((~fresh).sum())
+                if fresh.any():
+                    writer.add(table.filter(pa.array(fresh)))
+                    written.add(keys[fresh])
+                table = next(batches, None)
+                table = keyed(table, key_column) if table is not None else None
+            writer.close()
+            for key in ("images", "persons", "errors", "files"):
+                setattr(summary, key, writer.totals[key])
+            summary.seconds = time.time() - started
     finally:
-        lease.release()
+        summary.seconds = time.time() - started
     return summary
 
 

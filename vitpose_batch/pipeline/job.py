@@ -23,7 +23,8 @@ from vitpose_batch.files.addresses import split_image_uri
 from vitpose_batch.files.uris import canonical_prefix, canonical_uri
 from vitpose_batch.output import lease as leases
 from vitpose_batch.output import parts, provenance, resume, runs
-from vitpose_batch.output.layout import RUNS, Output
+from vitpose_batch.output.layout import Output
+from vitpose_batch.output.session import OutputSession, SessionRun
 from vitpose_batch.pipeline import signals
 from vitpose_batch.pipeline.actors import actor_pool, plan_actors
 from vitpose_batch.pipeline.diagnostics import Diagnostics, DroppedBoxes
@@ -31,14 +32,18 @@ from vitpose_batch.pipeline.image_decoding import read_batch
 from vitpose_batch.pipeline.pose_worker import PoseWorker
 from vitpose_batch.pipeline.preflight import check_device, check_run
 from vitpose_batch.pipeline.ray_session import connect
-from vitpose_batch.pipeline.sources import InputError, Listing, files_dataset, shards_dataset
+from vitpose_batch.pipeline.sources import (
+    InputError,
+    Listing,
+    files_dataset,
+    shards_dataset,
+)
 from vitpose_batch.pipeline.video_rows import VideoRows, output_lookup
 from vitpose_batch.pipeline.video_segments import Sampling, video_segments
 from vitpose_batch.pipeline.video_worker import VideoWorker
 from vitpose_batch.progress import Progress
 from vitpose_batch.review.export import export_coco
 from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA
-from vitpose_core.hub import one_line
 
 log = logging.getLogger("vitpose_batch")
 
@@ -152,63 +157,40 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
     check_coco_json(opts)
     wanted = settings_of(opts, keypoint_set.name)
     output = Output.open(opts.output)  # the one opening of OUTPUT: everything below is handed this
-    record = provenance.load_record(output)
-    if record is not None:
-        provenance.check_settings(output, record, wanted)
+    session = OutputSession(output, wanted, keypoint_set.keypoint_names, keypoint_set.name, source=opts.input,
+                            lease_ttl=opts.lease_ttl, wrap_lease_errors=True,
+                            stopped=(signals.Stopped, KeyboardInterrupt))
+    session.check()
     address = opts.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         connect(address)  # joining a cluster is no work yet, and it tells whether the GPUs asked for exist
     check_device(opts.device, address)
 
-    run_id = runs.new_run_id()
-    try:
-        lease = leases.make_lease(output, run_id, opts.lease_ttl)
-        lease.acquire()
-    except leases.LeaseHeld:
-        raise
-    except Exception as exc:  # noqa: BLE001 - permission, missing bucket, bad URL: one answer
-
-        raise ValueError(f"output {opts.output!r} is not writable: {one_line(exc)}") from None
+    summary = Summary(run_id=runs.new_run_id())
     started = time.time()
-    summary = Summary(run_id=run_id)
     try:
-        # under the lease: the record cannot change between this check and the first commit
-        record = provenance.settle_record(output, wanted)
-        version = provenance.package_version()
-        if record.get("created_by") not in (version, None):
-            log.warning("%s was created by vitpose-batch %s; this run is %s (recorded per run in %s/)",
-                        opts.output, record.get("created_by"), version, RUNS)
-        runs.mark_dead_runs(output)
-        write_run_record(opts, output, run_id, "running", started, summary)
-        summary.recovered = parts.recover_staging(output)
-        metadata = parts.part_metadata(wanted.as_dict(), keypoint_set.keypoint_names, keypoint_set.name, version,
-                                       run_id)
-        execute(opts, output, listing, box_index, lease, metadata, summary, keypoint_set.sigmas)
-        summary.seconds = time.time() - started
-        write_run_record(opts, output, run_id, "complete", started, summary)
-    except BaseException as exc:
-        summary.seconds = time.time() - started
-        status = "stopped" if isinstance(exc, (signals.Stopped, KeyboardInterrupt)) else "failed"
-        if isinstance(exc, signals.Stopped):
-            exc.summary = summary
-        try:
-            write_run_record(opts, output, run_id, status, started, summary, error=str(exc)[:500])
-        except Exception:  # noqa: BLE001 - the original failure is the one to report
-            pass
+        with session.run(lambda: {key: getattr(summary, key) for key in runs.COUNTS},
+                         lambda: run_record_extra(opts, summary), run_id=summary.run_id) as run:
+            summary.recovered = run.recovered
+            execute(opts, run, listing, box_index, summary, keypoint_set.sigmas)
+            summary.seconds = time.time() - started
+    except signals.Stopped as exc:
+        exc.summary = summary
         raise
     finally:
-        lease.release()
+        summary.seconds = time.time() - started
     if opts.coco_json:  # on every run, also when nothing was left to do: a re-run completes a failed export
 
         summary.extra["coco_json"] = export_coco(output, opts.coco_json, fmt="results")
     return summary
 
 
-def execute(opts: AnnotateOptions, output: Output, listing: Listing, box_index, lease, metadata: dict,
-            summary: Summary, sigmas=()) -> None:
-    """Resume scan of OUTPUT, then the Ray pipeline; rows stream into a PartWriter. Fills `summary`."""
+def execute(opts: AnnotateOptions, run: SessionRun, listing: Listing, box_index, summary: Summary,
+            sigmas=()) -> None:
+    """Resume scan of OUTPUT, then the Ray pipeline; rows stream into the run's PartWriter. Fills `summary`."""
     import ray
 
+    output = run.output
     state = resume.scan_output(output, retry_all_errors=opts.retry_errors)
     plan = resume.ResumePlan()
     if box_index is not None:
@@ -230,7 +212,7 @@ def execute(opts: AnnotateOptions, output: Output, listing: Listing, box_index, 
         summary.skipped = plan.already_done if listing.kind == "files" else state.rows - summary.redone
         rows = pose_rows(opts, items, box_index) if items is not None else None
         total = plan.new if listing.kind == "files" and not listing.videos else None
-        write_rows(opts, output, rows, videos, lease, metadata, total, summary, sigmas)
+        write_rows(opts, run, rows, videos, total, summary, sigmas)
     finally:
         if started_here:
             ray.shutdown()
@@ -334,15 +316,14 @@ def pose_rows(opts: AnnotateOptions, items, box_index):
     )
 
 
-def write_rows(opts: AnnotateOptions, output: Output, rows, videos, lease, metadata: dict, total: int | None,
-               summary: Summary, sigmas=()) -> None:
+def write_rows(opts: AnnotateOptions, run: SessionRun, rows, videos, total: int | None, summary: Summary,
+               sigmas=()) -> None:
     """Stream the rows to the driver, images' then videos' (Datasets, or None), and commit them under OUTPUT
     (vitpose_batch.output.parts); the run's counts into `summary`."""
+    output = run.output
     diagnostics = Diagnostics(summary.dropped)
     progress = Progress(total)
-    writer = parts.PartWriter(output, summary.run_id, PREDICTION_SCHEMA, metadata,
-                              rows_per_file=opts.rows_per_file, commit_interval=opts.commit_interval,
-                              check=lease.check)
+    writer = run.writer(PREDICTION_SCHEMA, rows_per_file=opts.rows_per_file, commit_interval=opts.commit_interval)
     try:
         if rows is not None:
             for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -398,13 +379,9 @@ def _keys(redo: dict[bytes, tuple[str, str]]):
     return np.frombuffer(b"".join(redo), dtype=np.uint64).reshape(-1, 2)
 
 
-def write_run_record(opts: AnnotateOptions, output: Output, run_id: str, status: str, started: float,
-                     summary: Summary, error: str | None = None) -> None:
-    """annotate's `_runs/<run>.json` under OUTPUT (vitpose_batch.output.runs), with what render and report need to
-    read shard rows back (the image column and root) and the boxes left out."""
-    runs.write_run_record(
-        output, run_id, status, started, {key: getattr(summary, key) for key in runs.COUNTS}, input=opts.input,
-        extra={"retry_errors": opts.retry_errors, "dropped_boxes": summary.dropped.record(),
-               "image_column": opts.image_column, "image_root": opts.image_root}, error=error)
-
-
+def run_record_extra(opts: AnnotateOptions, summary: Summary) -> dict:
+    """What annotate adds to its `_runs/<run>.json` (vitpose_batch.output.runs): what render and report need to
+    read shard rows back (the image column and root), the boxes left out, the videos' sampling."""
+    return {"retry_errors": opts.retry_errors, "dropped_boxes": summary.dropped.record(),
+            "image_column": opts.image_column, "image_root": opts.image_root, "videos": summary.videos,
+            "frames": summary.frames}
