@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import vitpose_core as vc
 from vitpose_batch.cli import main as cli
 from vitpose_batch.pipeline.image_decoding import decode_image
 from vitpose_batch.output.parts import iter_part_tables as iter_prediction_tables
@@ -176,9 +177,19 @@ def test_object_storage_blinks_mid_run(tmp_path, tiny_model, s3_server):
 
 
 def test_worker_node_killed_mid_run(tmp_path, tiny_model):
-    """A two-node cluster loses its worker node mid-run: Ray moves the work to the head; the job completes."""
+    """`ray start --head` plus a second node with its own CPUs on this machine; the job joins via --ray-address.
+    A cluster without GPUs refuses --device cuda before any work (not a hang). Then the worker node is lost mid-run:
+    Ray moves the work to the head; the job completes, every image once, the rows those of the in-process
+    estimator."""
     output = tmp_path / "out"
+    folder, boxes = coco_data.image_folder("coco-mini-train"), coco_data.annotation_file("coco-mini-train")
     with local_cluster(head_cpus=2, worker_cpus=[2]) as cluster:
+        refused = subprocess.run(
+            [sys.executable, "-m", "vitpose_batch.cli", "annotate", str(folder), str(tmp_path / "gpu-out"),
+             "--model", tiny_model, "--boxes", str(boxes), "--ray-address", cluster.address, "--device", "cuda"],
+            env=cluster.env, timeout=120, cwd=ROOT, capture_output=True, text=True)
+        assert refused.returncode == 2 and f"the Ray cluster at {cluster.address} has no GPUs" in refused.stderr
+        assert not (tmp_path / "gpu-out").exists()
         job = subprocess.Popen(
             [sys.executable, "-m", "vitpose_batch.cli", "annotate", str(coco_data.image_folder("coco-mini-train")),
              str(output), "--model", tiny_model, "--boxes", str(coco_data.annotation_file("coco-mini-train")),
@@ -193,8 +204,18 @@ def test_worker_node_killed_mid_run(tmp_path, tiny_model):
         assert cluster.kill_worker_node() >= 1
         out, _ = job.communicate(timeout=500)
     assert job.returncode == 0, out[-3000:]
-    counts = Counter(r["image_uri"] for t in iter_prediction_tables(str(output)) for r in t.to_pylist())
+    rows = [r for t in iter_prediction_tables(str(output)) for r in t.to_pylist()]
+    counts = Counter(r["image_uri"] for r in rows)
     assert len(counts) == 80 and set(counts.values()) == {1}
+    by_file = {Path(r["image_uri"]).name: r for r in rows}
+    gts = coco_data.load("coco-mini-train")[:4]
+    estimator = vc.PoseEstimator(vc.load_pose_model(tiny_model))
+    for g, result in zip(gts, estimator([g.image for g in gts], [g.boxes for g in gts])):
+        got = person_arrays(by_file[g.path.name]["persons"])
+        np.testing.assert_allclose(got["boxes"], result["boxes"], atol=1e-3)
+        if len(result["boxes"]):
+            np.testing.assert_allclose(got["keypoints"][..., :2], result["keypoints"], atol=0.05)
+    assert sum(len(by_file[g.path.name]["persons"]) for g in gts) > 0
 
 
 def test_driver_memory_stays_flat(tmp_path):

@@ -18,7 +18,10 @@ from tests.shared_data import shared_path
 from vitpose_batch.cli import main as cli
 from vitpose_batch.files.addresses import frame_uri
 from vitpose_batch.output.parts import iter_part_tables
-from vitpose_batch.video.decoding import scan
+from vitpose_batch.pipeline.video_segments import Sampling, segments_of
+from vitpose_batch.pipeline.video_worker import segment_index
+from vitpose_batch.video.decoding import decode_frames, scan
+from vitpose_core.filesystems import open_uri
 from vitpose_batch.video.sampling import sample_frames
 
 pytestmark = pytest.mark.slow
@@ -176,3 +179,22 @@ def test_bad_videos_are_rows_and_the_job_goes_on(tmp_path, tiny_vitpose, shared_
     before = len(rows)
     annotate(corpus, output, tiny_vitpose)  # the errors are not retryable: nothing is written twice
     assert len(rows_of(output)) == before
+
+
+def test_a_video_on_object_storage_is_scanned_and_decoded_where_it_lies(tmp_path, s3_server, s3_env):
+    """The path a video actor takes on S3 (a real SeaweedFS server): the scan task's segments, then the frames read
+    through fsspec's file object (ranged reads), equal to the same frames of the local file."""
+    local = shared_path("data/videos/walkers_vtest_5s.mp4")
+    bucket = s3_server.make_bucket("videos")
+    s3_server.filesystem().put(str(local), f"{bucket}/clips/walkers.mp4")
+    uri = f"s3://{bucket}/clips/walkers.mp4"
+    (segment,) = segments_of(uri, Sampling(every_nth_frame=7)).to_pylist()
+    assert segment["error"] is None and segment["frames"] == list(range(0, 50, 7))
+    wanted = np.asarray(segment["frames"])
+    with open_uri(uri) as remote:
+        got = list(decode_frames(remote, uri, segment_index(segment), wanted, 0, 50))
+    index = scan(str(local), "local")
+    want = list(decode_frames(str(local), "local", index, wanted, 0, 50))
+    assert [f for f, _, _ in got] == [f for f, _, _ in want] == wanted.tolist()
+    for (_, t1, a), (_, t2, b) in zip(got, want):
+        assert t1 == t2 and np.array_equal(a, b)
