@@ -129,11 +129,29 @@ def compare(whole: list[dict], cut: list[dict], segments: list[dict]) -> None:
               f"(segments start at {sorted(starts)})")
 
 
+def reencode(src: str, dst: str, gop: int) -> str:
+    """`src`'s frames as H.264 with a keyframe every `gop` frames, same frame times (PyAV)."""
+    import av
+
+    with av.open(src) as inp, av.open(dst, "w") as out:
+        stream_in = inp.streams.video[0]
+        stream = out.add_stream("libx264", rate=stream_in.average_rate)
+        stream.width, stream.height, stream.pix_fmt = stream_in.width, stream_in.height, "yuv420p"
+        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        for frame in inp.decode(stream_in):
+            frame.pict_type = av.video.frame.PictureType.NONE
+            out.mux(stream.encode(frame.reformat(format="yuv420p")))
+        out.mux(stream.encode(None))
+    return dst
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video", default=str(SHARED / "data" / "videos" / "walkers_vtest_5s.mp4"))
     parser.add_argument("--segment-s", type=float, default=1.0)
     parser.add_argument("--detector", default=str(SHARED / "models" / "yolox_nano.onnx"))
+    parser.add_argument("--gop", type=int, help="re-encode with a keyframe every N frames first (segments are cut "
+                                                "only at keyframes; the shared walkers video has one)")
     args = parser.parse_args()
     from tests import checkpoint_factory as factory
     from vitpose_batch.pipeline.video_worker import VideoWorker
@@ -142,6 +160,8 @@ def main() -> None:
         model = Path(work) / "tiny"
         factory.save_hf(factory.hf_model(hidden=32, heads=2, depth=1, seed=7), model)
         worker = VideoWorker(str(model), args.detector, "cpu", None, False, None, None, 2)
+        if args.gop:
+            args.video = reencode(args.video, str(Path(work) / "gop.mp4"), args.gop)
         print(f"{Path(args.video).name}, {Path(args.detector).name}, tiny random ViTPose, every frame. NO GROUND "
               f"TRUTH for this video: short tracks and the one-vs-many-segments differences below only estimate "
               f"ID changes.")
