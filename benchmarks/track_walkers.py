@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 import pyarrow as pa
 
+from vitpose_batch.video.tracking import box_iou
+
 SHARED = Path(os.environ.get("VITPOSE_SHARED", ROOT.parent / "shared"))
 SHORT = 5  # frames: a track shorter than this is counted as short
 LOW_SCORE = 0.3  # box score: below it a detection is "low score" (YOLOX's default threshold is 0.1)
@@ -75,16 +77,6 @@ def describe(label: str, rows: list[dict], segments: list[dict]) -> None:
               f"{sum(born[s] for s in starts)}, tracks ending on the frame before one "
               f"{sum(ended[s - 1] for s in starts)}; elsewhere, per frame on average: born "
               f"{(len(tracks) - born[0] - sum(born[s] for s in starts)) / max(len(rows) - 1 - len(starts), 1):.2f}")
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
-                 - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
-                 - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    return inter / np.maximum((a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter, 1e-9)
 
 
 def compare(whole: list[dict], cut: list[dict], segments: list[dict]) -> None:

@@ -32,6 +32,7 @@ from scipy.optimize import linear_sum_assignment
 
 from tests import video_files
 from tests.shared_data import shared_path
+from vitpose_batch.video.tracking import box_iou
 
 WIDTH, HEIGHT = 800, 448
 FRAMES, FPS, GOP = 40, 10, 10
@@ -44,17 +45,6 @@ PASTED = {
     "B": (455586, 190, (700, 20), (420, 30)),
     "C": (427109, 210, (100, 236), (600, 230)),
 }
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU (Na, Nb) of xywh boxes."""
-    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
-                 - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
-                 - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    return inter / ((a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter)
 
 
 def cutouts() -> dict[str, np.ndarray]:
