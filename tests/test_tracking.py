@@ -14,6 +14,7 @@ import pytest
 
 from vitpose_batch.video.track_links import (
     FramePersons,
+    SegmentTracker,
     TrackLinker,
     match_persons,
     relabel,
@@ -58,13 +59,14 @@ def person_box(keypoints: np.ndarray) -> np.ndarray:
     return np.array([x1, y1, x2 - x1, y2 - y1])
 
 
-def make_video(seed: int = 0):
+def make_video(seed: int = 0, persons: dict | None = None):
     """Per frame: (labels, boxes (N, 4), keypoints (N, 17, 3)), persons in a shuffled order."""
+    persons = PERSONS if persons is None else persons
     rng = np.random.default_rng(seed)
     frames = []
     for f in range(FRAMES):
         labels, boxes, keypoints = [], [], []
-        for label, (start, velocity, scale, first, hidden) in PERSONS.items():
+        for label, (start, velocity, scale, first, hidden) in persons.items():
             centre = np.add(start, np.multiply(velocity, f))
             if f < first or f in hidden or not (0 <= centre[0] < WIDTH and 0 <= centre[1] < HEIGHT):
                 continue
@@ -230,15 +232,17 @@ def persons(f: int, ids: np.ndarray, frames=VIDEO) -> FramePersons:
 
 
 def run_segments(frames=VIDEO):
-    """What each segment's actor produces: ids per frame (local), head and anchor."""
+    """What each segment's actor produces (as vitpose_batch.pipeline.video_worker does, with a SegmentTracker): ids
+    per frame (local), head and anchor."""
     out = {}
     for s, (first, stop) in enumerate(SEGMENTS):
-        tracker = PoseTracker(SIGMAS)
-        ids = run_tracker(frames, first, stop, tracker)
+        tracker = SegmentTracker(SIGMAS)
+        ids = {f: tracker.step(f, frames[f][1], frames[f][2]) for f in range(first, stop)}
         anchor = None
         if stop < FRAMES:
-            anchor = persons(stop, tracker.step(stop, frames[stop][1], frames[stop][2]), frames)
-        out[s] = (ids, persons(first, ids[first], frames), anchor)
+            tracker.step(stop, frames[stop][1], frames[stop][2])
+            anchor = tracker.anchor(stop)
+        out[s] = (ids, tracker.head(), anchor)
     return out
 
 
@@ -283,6 +287,27 @@ def test_linked_segments_equal_one_tracker_over_the_video(order):
     assert written[30][VIDEO[30][0].index("D")] == 30000  # born at a boundary frame: its own birth id
     # forgotten segments keep nothing but the anchor a later segment still needs; all needed ones were used
     assert all(seg.anchor_final is None and seg.head is None for seg in linker._videos["v.mp4"].segments.values())
+
+
+def link_all(segmented) -> dict[int, np.ndarray]:
+    linker = TrackLinker(SIGMAS)
+    for s in range(len(SEGMENTS)):
+        linker.add("v.mp4", s, segmented[s][1], segmented[s][2])
+    return {f: relabel(local, linker.mapping("v.mp4", s)) for s in range(len(SEGMENTS))
+            for f, local in segmented[s][0].items()}
+
+
+def test_a_person_hidden_across_a_boundary_keeps_its_id():
+    """E is hidden at frames 29-31, across the boundary at 30: one tracker bridges the gap (max_gap), and so do the
+    linked segments (segment 1's anchor holds E as last seen; segment 2's head holds E as first seen at 32)."""
+    frames = make_video(seed=1, persons=dict(PERSONS, E=PERSONS["E"][:4] + ((29, 30, 31),)))
+    assert "E" not in frames[30][0] and "E" in frames[28][0] and "E" in frames[32][0]
+    full = run_tracker(frames, 0, FRAMES)
+    linked = link_all(run_segments(frames))
+    for f in range(FRAMES):
+        np.testing.assert_array_equal(linked[f], full[f], err_msg=f"frame {f}")
+    e_ids = {int(full[f][frames[f][0].index("E")]) for f in range(FRAMES) if "E" in frames[f][0]}
+    assert len(e_ids) == 1
 
 
 def test_resume_with_previous_persons_equals_one_tracker():

@@ -26,15 +26,17 @@ from vitpose_batch.video.track_links import FramePersons, TrackLinker, relabel
 log = logging.getLogger("vitpose_batch")
 
 
-def frame_persons(frame_index: int | None, persons: list[dict]) -> FramePersons | None:
-    """A row's `persons` cell as the linker's FramePersons (None without a frame)."""
+def frame_persons(frame_index: int | None, persons: list[dict], link: bool = False) -> FramePersons | None:
+    """A row's `persons` cell as the linker's FramePersons (None without a frame); `link`: a link row's cell, whose
+    `box_score` holds the person's gap (vitpose_batch.pipeline.video_worker._persons_cell)."""
     if frame_index is None:
         return None
     ids = [p["track_id"] for p in persons]
     boxes = np.array([p["bbox"] for p in persons], np.float64).reshape(-1, 4)
     keypoints = (np.array([p["keypoints"] for p in persons], np.float64).reshape(len(persons), -1, 3) if persons
                  else np.zeros((0, 0, 3)))
-    return FramePersons(frame_index, np.array(ids, np.int64), boxes, keypoints)
+    gaps = np.array([round(p["box_score"]) for p in persons], np.int64) if link else None
+    return FramePersons(frame_index, np.array(ids, np.int64), boxes, keypoints, gaps)
 
 
 def relabel_persons(persons: pa.ListArray, mapping: dict[int, int]) -> pa.ListArray:
@@ -87,8 +89,8 @@ class VideoRows:
 
     def add_link(self, row: dict) -> Iterator[pa.Table]:
         video, segment = row["video_uri"], row["_segment"]
-        head = frame_persons(row["_segments_head"], row["persons"])
-        anchor = frame_persons(row["_anchor_frame"], row["_anchor"])
+        head = frame_persons(row["_segments_head"], row["persons"], link=True)
+        anchor = frame_persons(row["_anchor_frame"], row["_anchor"], link=True)
         previous = None
         if row["_lookback"] is not None:
             uri = frame_uri(video, row["_lookback"])

@@ -24,7 +24,8 @@ from vitpose_batch.files.addresses import frame_uri
 from vitpose_batch.pipeline.pose_worker import PoseWorker
 from vitpose_batch.schemas.predictions import PERSON_TYPE, make_table, persons_column
 from vitpose_batch.video.decoding import VideoError, VideoIndex, decode_frames
-from vitpose_batch.video.tracking import PoseTracker, boxes_from_poses
+from vitpose_batch.video.track_links import FramePersons, SegmentTracker
+from vitpose_batch.video.tracking import boxes_from_poses
 from vitpose_core.filesystems import open_uri
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ class VideoWorker:
             frames = frames[:0]
         anchor = segment["anchor"]
         wanted = frames if anchor is None else np.append(frames, anchor)
-        tracker = PoseTracker(self.keypoint_set.sigmas)
-        head = anchor_persons = None
+        tracker = SegmentTracker(self.keypoint_set.sigmas)
+        anchored = False
         pending: list[tuple[int, float, dict]] = []  # (frame, timestamp, result) waiting to become rows
         width, height = int(segment["width"]), int(segment["height"])
         decoded = 0
@@ -79,10 +80,8 @@ class VideoWorker:
                 for chunk in (self.labelled(file, segment, wanted, tracker, width, height) if len(wanted) else ()):
                     for frame, timestamp, result in chunk:
                         decoded += 1
-                        if frame == frames[0]:
-                            head = persons_of(frame, result)
                         if anchor is not None and frame == anchor:
-                            anchor_persons = persons_of(frame, result)
+                            anchored = True
                         elif emit.get(frame):
                             pending.append((frame, timestamp, result))
                     if len(pending) >= FRAMES_PER_CALL * 4:
@@ -109,9 +108,9 @@ class VideoWorker:
             yield with_links(make_table([frame_uri(uri, missing_from)], [None], [width], [height], [[]],
                                         [segment["tail_error"]], [False], video_uri=[uri],
                                         frame_index=[missing_from]), segment)
-        yield link_row(segment, head, anchor_persons)
+        yield link_row(segment, tracker.head(), tracker.anchor(anchor) if anchored else None)
 
-    def labelled(self, file, segment: dict, wanted: np.ndarray, tracker: PoseTracker, width: int,
+    def labelled(self, file, segment: dict, wanted: np.ndarray, tracker: SegmentTracker, width: int,
                  height: int) -> Iterator[list[tuple[int, float, dict]]]:
         """Decode the wanted frames and label them: chunks of (frame index, timestamp s, estimator result with
         track_ids), in frame order."""
@@ -147,7 +146,7 @@ class VideoWorker:
         if batch:
             yield self.detect_and_track(batch, tracker)
 
-    def detect_and_track(self, batch: list[tuple[int, float, np.ndarray]], tracker: PoseTracker):
+    def detect_and_track(self, batch: list[tuple[int, float, np.ndarray]], tracker: SegmentTracker):
         self.detector_frames += len(batch)
         results = self.pose.estimator([image for _, _, image in batch], dataset_index=self.pose.dataset_index)
         out = []
@@ -156,7 +155,7 @@ class VideoWorker:
             out.append((frame, timestamp, result))
         return out
 
-    def follow(self, image: np.ndarray, previous: dict, tracker: PoseTracker, frame: int, width: int,
+    def follow(self, image: np.ndarray, previous: dict, tracker: SegmentTracker, frame: int, width: int,
                height: int) -> dict:
         """Pose on boxes taken from the previous frame's poses (no detector call)."""
         self.followed_frames += 1
@@ -186,10 +185,6 @@ def pose_of(result: dict) -> np.ndarray:
     return np.concatenate([result["keypoints"], result["keypoint_scores"][..., None]], axis=-1)
 
 
-def persons_of(frame: int, result: dict) -> dict:
-    return {"frame": frame, "result": result}
-
-
 def segment_index(segment: dict) -> VideoIndex:
     """The part of the video's index a segment decodes (frames from `start` on), rebuilt from its row."""
     pts = np.asarray(segment["pts"], np.int64)
@@ -198,11 +193,14 @@ def segment_index(segment: dict) -> VideoIndex:
                       keyframes=np.zeros(0, np.int64), time_base=Fraction(*segment["time_base"]))
 
 
-def _persons_cell(link: dict | None) -> list:
-    if link is None:
+def _persons_cell(persons: FramePersons | None) -> list[dict]:
+    """FramePersons as a `persons` cell, its `gaps` in `box_score` (the driver matches on boxes and keypoints;
+    vitpose_batch.pipeline.video_rows reads it back)."""
+    if persons is None:
         return []
-    column = persons_column([link["result"]])
-    return column[0].as_py()
+    return [{"bbox": box.tolist(), "box_score": float(gap), "score": 0.0, "keypoints": pose.reshape(-1).tolist(),
+             "track_id": int(track)}
+            for track, box, pose, gap in zip(persons.track_ids, persons.boxes, persons.keypoints, persons.gaps)]
 
 
 def with_links(table: pa.Table, segment: dict) -> pa.Table:
@@ -216,15 +214,16 @@ def with_links(table: pa.Table, segment: dict) -> pa.Table:
             .append_column("_lookback", pa.array([None] * n, pa.int64())))
 
 
-def link_row(segment: dict, head: dict | None, anchor: dict | None) -> pa.Table:
-    """The segment's last row: not written; `persons` holds its head frame's persons, `_anchor` its persons at the
-    next segment's first frame."""
+def link_row(segment: dict, head: FramePersons | None, anchor: FramePersons | None) -> pa.Table:
+    """The segment's last row: not written; `persons` holds its head (the tracks born in its first frames, as first
+    seen), `_anchor` its tracker's live tracks after the next segment's first frame
+    (vitpose_batch.video.track_links.SegmentTracker)."""
     uri = segment["video_uri"]
     table = make_table([uri], [None], [0], [0], [_persons_cell(head)], [None], [None], video_uri=[uri],
-                       frame_index=[None if head is None else int(head["frame"])])
+                       frame_index=[None if head is None else head.frame_index])
     return (table.append_column("_link", pa.array([True], pa.bool_()))
             .append_column("_segment", pa.array([segment["segment"]], pa.int32()))
-            .append_column("_segments_head", pa.array([None if head is None else int(head["frame"])], pa.int64()))
+            .append_column("_segments_head", pa.array([None if head is None else head.frame_index], pa.int64()))
             .append_column("_anchor", pa.array([_persons_cell(anchor)], pa.list_(PERSON_TYPE)))
-            .append_column("_anchor_frame", pa.array([None if anchor is None else int(anchor["frame"])], pa.int64()))
+            .append_column("_anchor_frame", pa.array([None if anchor is None else anchor.frame_index], pa.int64()))
             .append_column("_lookback", pa.array([segment["lookback"]], pa.int64())))

@@ -1,11 +1,14 @@
 """Driver side of video tracking: link the track ids of a video's segments, which separate actors tracked apart.
 
 Each segment's `PoseTracker` starts fresh at the segment's first sampled frame, so the persons there get birth ids of
-that frame ("head", local ids). The actor also steps its tracker one sampled frame past the segment's end, onto the
-next segment's first frame ("anchor", the tracker's own ids there). At the boundary frame the next segment's head and
-this segment's anchor are the same persons in the same frame, so `match_persons` (the tracker's own similarity and
-greedy matching, most similar first) pairs them, and the next segment's head ids take the anchor's final ids. Chains resolve
-transitively: a person seen through five segments keeps the id born in the first.
+that frame. The actor also steps its tracker one sampled frame past the segment's end, onto the next segment's first
+frame. `SegmentTracker` keeps what linking needs: the segment's "head" (the tracks born in its first `window`
+sampled frames, as first seen: local ids) and its "anchor" (the tracker's live tracks after the next segment's first
+frame, as last seen: those seen there and those unseen for at most `max_gap` frames). `match_persons` (the tracker's
+own similarity and greedy matching, most similar first) pairs the next segment's head with this segment's anchor, and
+the head ids take the anchor's final ids, as one tracker over the whole video would have matched them: a person seen
+at the boundary frame, or hidden there and seen again a few frames later. Chains resolve transitively: a person seen
+through five segments keeps the id born in the first.
 
 Rules (per video, per segment k):
 
@@ -15,14 +18,15 @@ Rules (per video, per segment k):
   once, whatever else was added.
 * otherwise: head ids matched to segment k-1's anchor take the anchor ids' final ids (segment k-1's anchor relabelled
   by segment k-1's mapping), known once segment k-1's mapping is.
-* head persons matched to nobody are new tracks of the boundary frame: they are numbered as the tracker numbers new
-  tracks (``frame * 1000 + r``, r counting them in head order) skipping the birth ids of that frame already taken by
+* head persons born after the boundary frame and matched to nobody keep their ids (birth ids of their own frames);
+* head persons of the boundary frame matched to nobody are new tracks of that frame: they are numbered as the tracker
+  numbers new tracks (``frame * 1000 + r``, r counting them in head order) skipping the birth ids of that frame already taken by
   matched persons (persons the previous segment's tracker saw born exactly at the boundary frame). So a person who
   first appears at a boundary frame gets the id a single tracker over the whole video would give it, and no id is
   given twice.
 
-Known limit: a person occluded exactly across a boundary (unseen at the boundary frame) cannot be linked and starts a
-new id after the boundary, where one tracker over the whole video would have bridged the gap.
+Known limit: a resumed run links a redone segment to the persons OUTPUT holds at one frame (`previous`), so there a
+person hidden at that frame starts a new id.
 
 Memory: per video, per segment a few small dicts and the persons of one or two frames, never rows. Pure
 Python / numpy, no Ray.
@@ -36,23 +40,29 @@ import numpy as np
 
 from vitpose_batch.video.tracking import (
     BIRTH_STRIDE,
+    DEFAULT_MAX_GAP,
     DEFAULT_MIN_SIMILARITY,
     DEFAULT_SCORE_THRESHOLD,
+    PoseTracker,
     assign,
     pose_similarity,
 )
 
-__all__ = ["FramePersons", "TrackLinker", "match_persons", "relabel"]
+__all__ = ["FramePersons", "SegmentTracker", "TrackLinker", "match_persons", "relabel"]
 
 
 @dataclass
 class FramePersons:
-    """The persons of one sampled frame: track ids (N,), boxes (N, 4) COCO xywh pixels, keypoints (N, K, 3)."""
+    """The persons of one sampled frame: track ids (N,), boxes (N, 4) COCO xywh pixels, keypoints (N, K, 3), gaps
+    (N,) int64 (see the field)."""
 
     frame_index: int
     track_ids: np.ndarray
     boxes: np.ndarray
     keypoints: np.ndarray
+    # (N,) sampled frames between this frame and where each was seen: an anchor's live tracks, unseen for that many
+    # frames (0: seen in this frame); a head's tracks, born that many frames after it (0: in it). None: all 0.
+    gaps: np.ndarray | None = None
 
     def __post_init__(self):
         self.frame_index = int(self.frame_index)
@@ -64,6 +74,9 @@ class FramePersons:
             self.keypoints = self.keypoints.reshape(0, self.keypoints.shape[1] if self.keypoints.ndim == 3 else 0, 3)
         if len(self.boxes) != n or len(self.keypoints) != n or self.keypoints.ndim != 3:
             raise ValueError(f"FramePersons: {n} ids, boxes {self.boxes.shape}, keypoints {self.keypoints.shape}")
+        self.gaps = np.zeros(n, np.int64) if self.gaps is None else np.asarray(self.gaps, np.int64).reshape(-1)
+        if len(self.gaps) != n:
+            raise ValueError(f"FramePersons: {n} ids, {len(self.gaps)} gaps")
         if len(np.unique(self.track_ids)) != n:
             raise ValueError(f"FramePersons: repeated track ids at frame {self.frame_index}: {self.track_ids}")
 
@@ -71,14 +84,64 @@ class FramePersons:
         return len(self.track_ids)
 
 
+class SegmentTracker:
+    """A PoseTracker over one segment's sampled frames (its first, ..., then the next segment's first: the anchor
+    frame) that keeps the segment's head and anchor for the driver's TrackLinker (see the module docstring).
+    window: sampled frames from the segment's start whose new tracks belong to the head (the tracker's max_gap: a
+    person hidden at the boundary for up to that many frames is still linked)."""
+
+    def __init__(self, sigmas: np.ndarray, window: int = DEFAULT_MAX_GAP, **tracker_options) -> None:
+        self.tracker = PoseTracker(sigmas, **tracker_options)
+        self.window = int(window)
+        self.first: int | None = None
+        self.steps = 0
+        self.born: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # head: id -> (box, keypoints, step) at birth
+
+    def step(self, frame_index: int, boxes: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
+        """PoseTracker.step, keeping the head's births."""
+        ids = self.tracker.step(frame_index, boxes, keypoints)
+        if self.first is None:
+            self.first = int(frame_index)
+        if self.steps <= self.window:
+            boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+            for j, track in enumerate(ids.tolist()):
+                if track // BIRTH_STRIDE == frame_index:
+                    self.born[track] = (boxes[j], np.asarray(keypoints, np.float64)[j], self.steps)
+        self.steps += 1
+        return ids
+
+    def head(self) -> FramePersons | None:
+        """The tracks born in the first `window` sampled frames, as first seen (None before any frame)."""
+        if self.first is None:
+            return None
+        ids = sorted(self.born)
+        k = self.tracker.sigmas.size
+        return FramePersons(self.first, np.array(ids, np.int64),
+                            np.array([self.born[i][0] for i in ids]).reshape(-1, 4),
+                            np.array([self.born[i][1] for i in ids]).reshape(-1, k, 3),
+                            np.array([self.born[i][2] for i in ids], np.int64))
+
+    def anchor(self, frame_index: int) -> FramePersons:
+        """After stepping the anchor frame: the live tracks as last seen."""
+        ids, boxes, keypoints, missed = self.tracker.live()
+        return FramePersons(frame_index, ids, boxes, keypoints, missed)
+
+
 def match_persons(a: FramePersons, b: FramePersons, sigmas: np.ndarray,
                   min_similarity: float = DEFAULT_MIN_SIMILARITY,
-                  score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> dict[int, int]:
+                  score_threshold: float = DEFAULT_SCORE_THRESHOLD, max_gap: int = DEFAULT_MAX_GAP) -> dict[int, int]:
     """{b's track id: a's track id} for the persons of `a` and `b` that are the same person, by the tracker's own
-    similarity and assignment. `a` and `b` may be one frame seen twice or consecutive sampled frames."""
+    similarity and assignment. `a` and `b` may be one frame seen twice or consecutive sampled frames; `a` may be an
+    anchor (live tracks, some unseen for `a.gaps` frames) and `b` a head (some born `b.gaps` frames later). A pair
+    is allowed where one tracker over the video could have made it: a person of `b` born after `b`'s frame was new
+    to its own tracker there, so it can only be one of `a`'s persons unseen in `a`'s frame, and only while their
+    gaps together stay within `max_gap`."""
     if len(a) == 0 or len(b) == 0:
         return {}
     similarity = pose_similarity(a.boxes, a.keypoints, b.boxes, b.keypoints, sigmas, score_threshold)
+    later = b.gaps[None, :] > 0
+    allowed = ~later | ((a.gaps[:, None] > 0) & (a.gaps[:, None] + b.gaps[None, :] <= max_gap))
+    similarity = np.where(allowed, similarity, 0.0)
     return {int(b.track_ids[j]): int(a.track_ids[i]) for i, j in assign(similarity, min_similarity)}
 
 
@@ -193,7 +256,7 @@ class TrackLinker:
         entry.mapping = self._link(entry.head, reference)
         if entry.anchor is not None:
             entry.anchor_final = FramePersons(entry.anchor.frame_index, relabel(entry.anchor.track_ids, entry.mapping),
-                                              entry.anchor.boxes, entry.anchor.keypoints)
+                                              entry.anchor.boxes, entry.anchor.keypoints, entry.anchor.gaps)
         entry.previous = None
         state.ready.append(k)
         return True
@@ -208,7 +271,7 @@ class TrackLinker:
         base = head.frame_index * BIRTH_STRIDE
         rank = 0
         for local in head.track_ids.tolist():
-            if local in final:
+            if local in final or local // BIRTH_STRIDE != head.frame_index:  # matched, or born later: stays
                 continue
             while base + rank in taken:
                 rank += 1

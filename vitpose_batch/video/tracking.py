@@ -150,6 +150,11 @@ class PoseTracker:
         self._missed = np.zeros(0, dtype=np.int64)
         self._last_frame: int | None = None
 
+    def live(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The open tracks as they were last seen: ids (T,), boxes (T, 4) xywh, keypoints (T, K, 3), and the sampled
+        frames each has gone unseen up to the last frame stepped (T,) int64 (0: seen there); copies."""
+        return self._ids.copy(), self._boxes.copy(), self._keypoints.copy(), self._missed.copy()
+
     @property
     def live_ids(self) -> np.ndarray:
         """Ids of the tracks still open (matched within the last `max_gap` sampled frames)."""
