@@ -78,8 +78,33 @@ def test_videos_beside_an_image_give_a_row_per_sampled_frame_with_tracks(tmp_pat
     assert max(lives.values()) > 5, "some walker should be followed from frame to frame"
     capsys.readouterr()
     annotate(corpus, output, tiny_vitpose, "--frame-rate", "3", "--segment-seconds", "1")  # a re-run does nothing
-    assert "images: 0 (" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"images and video frames: 0 ({len(rows)} already done before this run)" in printed, printed
     assert len(rows_of(output)) == len(rows)
+    detector = str(shared_path("models/yolox_nano.onnx"))
+    other = cli(["annotate", str(corpus), str(output), "--model", tiny_vitpose, "--detector", detector,
+                 "--frame-rate", "2", "--segment-seconds", "1"])
+    refusal = capsys.readouterr().err
+    assert other == 2 and "made with --frame-rate 3.0 and this run asks for 2.0" in refusal, refusal
+    assert len(rows_of(output)) == len(rows)
+
+
+def test_videos_with_boxes_instead_of_a_detector(tmp_path, tiny_vitpose, shared_ray, capsys):
+    """--boxes names images' persons: a video INPUT is refused before OUTPUT exists; a folder's videos are left
+    out, said in the summary, and its images labelled."""
+    video = shared_path("data/videos/tai_chi.mp4")
+    boxes = str(shared_path("data/coco-val-4/test_coco.json"))
+    refused = cli(["annotate", str(video), str(tmp_path / "out1"), "--model", tiny_vitpose, "--boxes", boxes])
+    assert refused == 2 and "is a video: its frames need a --detector" in capsys.readouterr().err
+    assert not (tmp_path / "out1").exists()
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    os.symlink(video, corpus / "tai_chi.mp4")
+    shutil.copy(shared_path("data/coco-val-4/000000000785.jpg"), corpus / "000000000785.jpg")
+    assert cli(["annotate", str(corpus), str(tmp_path / "out2"), "--model", tiny_vitpose, "--boxes", boxes]) == 0
+    assert "videos: 1 left out: their frames need a --detector" in capsys.readouterr().out
+    rows = rows_of(tmp_path / "out2")
+    assert [Path(row["image_uri"]).name for row in rows] == ["000000000785.jpg"] and rows[0]["persons"]
 
 
 def drop_frames(output: Path, video: str, frames: set[int]) -> None:

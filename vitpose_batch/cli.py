@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="redo every error row (by default a re-run redoes only failures that may pass)")
     annotate.add_argument("--rows-per-file", type=POSITIVE, default=DEFAULT_ROWS_PER_FILE,
                           help=f"rows per Parquet part (default {DEFAULT_ROWS_PER_FILE:,}; fewer only in a run's last)")
-    video = annotate.add_argument_group("videos", "every frame by default; one row per sampled frame, persons tracked")
+    video = annotate.add_argument_group(
+        "videos", "one row per sampled frame (every frame by default), persons tracked; videos need --detector "
+                  "(--boxes names images' persons); these settings are part of OUTPUT's provenance, like --model")
     sampling = video.add_mutually_exclusive_group()
     sampling.add_argument("--frame-rate", type=number(float, 0.0, low_open=True), metavar="F",
                           help="label the frames nearest to every 1/F seconds (presentation times)")
@@ -355,7 +357,16 @@ def entry() -> None:
     if argv[:1] == ["annotate"] and not os.environ.get(SUPERVISED):
         build_parser().parse_args(argv)  # refusals of the command line stay one line, from here
         sys.exit(supervise(argv))
-    sys.exit(main(argv))
+    code = main(argv)
+    if argv[:1] != ["annotate"]:
+        # A review command's files are written whole and closed by now. Interpreter teardown is skipped: with PyAV's
+        # FFmpeg and pyarrow loaded in one process, a native thread pool can abort it ("terminate called without an
+        # active exception", exit 134) after all the work is done, depending on the order the libraries loaded.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ def write_output(ds, output: Output | str, *, key_column: str = "image_uri", mod
 
     Raises OutputRowsError (rows without settings or key), provenance.SettingsChanged (OUTPUT was made with other
     settings: nothing is written), leases.LeaseHeld (another run writes OUTPUT): one line each."""
+    started = time.time()  # the dataset runs as it is read: its stages (estimate_poses) count in the run's time
     batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     first = next(batches, None)
     if first is None:
@@ -131,7 +132,6 @@ def write_output(ds, output: Output | str, *, key_column: str = "image_uri", mod
                             source=f"a Ray Dataset (write_output, keyed by {key_column})")
     session.check()
     summary = WriteSummary(run_id=runs.new_run_id())
-    started = time.time()
     try:
         with session.run(lambda: asdict(summary), run_id=summary.run_id) as run:
             done = resume.scan_output(output).finished

@@ -81,6 +81,8 @@ FLAGS = {"model": "--model", "model_fingerprint": "--model", "detector": "--dete
          "flip_test": "--flip-test", "dataset_index": "--dataset-index", "dtype": "--dtype",
          "decode": "heatmap decoding", "keypoint_set": "--model",
          "video": "video sampling (--frame-rate / --every-nth-frame / --detect-every / --segment-seconds)"}
+VIDEO_FLAGS = {"frame_rate": "--frame-rate", "every_nth_frame": "--every-nth-frame", "detect_every": "--detect-every",
+               "segment_s": "--segment-seconds"}
 
 
 def _sha256_files(paths: list[tuple[str, Any]]) -> str:
@@ -189,6 +191,13 @@ def check_settings(output: Output, record: dict, wanted: Provenance) -> None:
     for key, value in wanted.as_dict().items():
         if key not in recorded or recorded[key] == value:
             continue
+        if key == "video" and isinstance(value, dict) and isinstance(recorded[key], dict):
+            # name the one sampling flag that differs, not two whole dicts
+            sub = next(k for k in value if recorded[key].get(k) != value[k])
+            raise SettingsChanged(
+                f"output {output} was made with {VIDEO_FLAGS.get(sub, sub)} {_show(sub, recorded[key].get(sub))} "
+                f"and this run asks for {_show(sub, value[sub])}; rows of two configurations never mix: use another "
+                "OUTPUT, or the settings it was made with")
         flag = FLAGS.get(key, key)
         what = "its weights changed" if key.endswith("fingerprint") else ""
         raise SettingsChanged(

@@ -33,7 +33,6 @@ from vitpose_batch.pipeline.pose_worker import PoseWorker
 from vitpose_batch.pipeline.preflight import check_device, check_run
 from vitpose_batch.pipeline.ray_session import connect
 from vitpose_batch.pipeline.sources import (
-    InputError,
     Listing,
     files_dataset,
     shards_dataset,
@@ -96,6 +95,7 @@ class Summary:
     steady_crops_per_s: float | None = None  # between the first and the last batch: no start-up in it
     videos: int = 0  # videos listed, and the frame rows this run wrote of them
     frames: int = 0
+    videos_left_out: int = 0  # videos of a --boxes run (boxes name the persons of images; frames need a detector)
     extra: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -104,12 +104,16 @@ class Summary:
         steady = f" ({self.steady_crops_per_s:.2f} crops/s after start-up)" if self.steady_crops_per_s else ""
         redone = f", {self.redone} error rows redone" if self.redone else ""
         recovered = f", {self.recovered} rows of a killed run recovered" if self.recovered else ""
+        what = "images and video frames" if self.videos else "images"
         lines = [
-            f"images: {self.images} ({self.skipped} already done before this run{redone}{recovered}), "
+            f"{what}: {self.images} ({self.skipped} already done before this run{redone}{recovered}), "
             f"persons: {self.persons}, error rows: {self.errors}, part files: {self.files}",
             f"time: {self.seconds:.1f} s, {rate:.2f} images/s, {crops:.2f} crops/s{steady}",
         ]
-        if self.videos:
+        if self.videos_left_out:
+            lines.append(f"videos: {self.videos_left_out} left out: their frames need a --detector (--boxes names "
+                         "the persons of images); label them with --detector into another OUTPUT")
+        elif self.videos:
             lines.append(f"videos: {self.videos} ({self.frames} frame rows written in this run)")
         lines += self.dropped.lines()
         if self.retried_batches:
@@ -206,10 +210,11 @@ def execute(opts: AnnotateOptions, run: SessionRun, listing: Listing, box_index,
         items = input_dataset(opts, listing, new_items, state, plan)
         # the listing is consumed (videos are known now): the error rows about to be redone leave their parts
         # before any new row lands
-        videos = video_dataset(opts, listing, state, plan, box_index)
+        videos = video_dataset(opts, listing, state, plan, box_index, summary)
         summary.videos = len(listing.videos)
         summary.redone = resume.drop_redone_rows(output, plan.redo)
-        summary.skipped = plan.already_done if listing.kind == "files" else state.rows - summary.redone
+        listed_only = listing.kind == "files" and not listing.videos  # videos' frames are known only to their scans
+        summary.skipped = plan.already_done if listed_only else state.rows - summary.redone
         rows = pose_rows(opts, items, box_index) if items is not None else None
         total = plan.new if listing.kind == "files" and not listing.videos else None
         write_rows(opts, run, rows, videos, total, summary, sigmas)
@@ -247,16 +252,16 @@ def input_dataset(opts, listing: Listing, new_items, state, plan):
     return items
 
 
-def video_dataset(opts: AnnotateOptions, listing: Listing, state, plan, box_index):
+def video_dataset(opts: AnnotateOptions, listing: Listing, state, plan, box_index, summary: Summary):
     """The videos' segments through the video pose actors (vitpose_batch.pipeline.video_worker): a Dataset of
     rows with link columns, or None without videos. Error rows of these videos that may pass join `plan.redo`."""
     import ray
 
     if not listing.videos:
         return None
-    if box_index is not None or not opts.detector:
-        raise InputError(f"input {opts.input!r} holds videos ({listing.videos[0]}, ...): their frames need a "
-                         "--detector (--boxes names the persons of images)")
+    if box_index is not None or not opts.detector:  # known only now, with OUTPUT held: left out, and said so
+        summary.videos_left_out = len(listing.videos)
+        return None
     videos = set(listing.videos)
     plan.redo.update({k: v for k, v in state.redo_candidates.items()
                       if v[0] in videos or split_image_uri(v[0])[0] in videos})

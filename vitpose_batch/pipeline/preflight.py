@@ -14,7 +14,7 @@ from typing import Any
 
 import fsspec
 
-from vitpose_batch.pipeline.sources import Listing, list_input
+from vitpose_batch.pipeline.sources import InputError, Listing, is_video, list_input
 from vitpose_batch.schemas.box_files import load_boxes
 from vitpose_core.checkpoints import CheckpointError, read_checkpoint
 from vitpose_core.detectors import DetectorError, load_detector
@@ -101,7 +101,9 @@ def check_run(opts) -> Checked:
     keypoint_set = check_model(opts.model, opts.dataset_index)
     box_index = None
     if opts.boxes:
-
+        if is_video(opts.input):  # a folder's videos are known only once it is walked: those are left out then
+            raise InputError(f"input {opts.input!r} is a video: its frames need a --detector (--boxes names the "
+                             "persons of images)")
         box_index = load_boxes(opts.boxes, images=listing.coco_images)
     elif opts.detector:
         check_detector(opts.detector)

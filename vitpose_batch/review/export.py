@@ -22,6 +22,7 @@ JSON document per video into a folder (`vitpose_batch.review.posetrack`), `mmact
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import posixpath
 import uuid
@@ -37,9 +38,18 @@ import pyarrow.parquet as pq
 
 from vitpose_batch.files.storage import is_local, open_filesystem
 from vitpose_batch.output.layout import PART_SUFFIX, Output
-from vitpose_batch.output.parts import is_part_file, iter_part_tables, list_part_files, predictions_files
+from vitpose_batch.output.parts import (
+    is_part_file,
+    iter_part_tables,
+    list_part_files,
+    predictions_files,
+)
 from vitpose_batch.output.provenance import load_record
-from vitpose_batch.review.label_studio import KEYPOINT_THRESHOLD, label_config, label_studio_tasks
+from vitpose_batch.review.label_studio import (
+    KEYPOINT_THRESHOLD,
+    label_config,
+    label_studio_tasks,
+)
 from vitpose_batch.review.mmaction import PICKLE_PROTOCOL, mmaction_annotations
 from vitpose_batch.review.oks import OKS_THRESHOLD, oks_nms, padded_box_areas
 from vitpose_batch.review.posetrack import posetrack_videos, video_names
@@ -51,7 +61,14 @@ from vitpose_batch.schemas.coco import (
     write_json_stream,
 )
 from vitpose_batch.schemas.predictions import PREDICTION_SCHEMA
-from vitpose_core.keypoint_sets import COCO, KeypointSet, get_keypoint_set, keypoint_set_for_count
+from vitpose_core.keypoint_sets import (
+    COCO,
+    KeypointSet,
+    get_keypoint_set,
+    keypoint_set_for_count,
+)
+
+log = logging.getLogger("vitpose_batch")
 
 FORMATS = ("results", "dataset")
 VIDEO_FORMATS = ("posetrack", "mmaction")
@@ -349,6 +366,10 @@ def _export_coco(predictions: Output, output_json: str, fmt: str, min_person_sco
         write_atomically(output_json, lambda handle: write_coco_dataset(
             tables, handle, min_person_score=min_person_score, min_keypoint_score=min_keypoint_score,
             keypoint_set=keypoint_set, stats=stats))
+    if fmt == "results" and stats.skipped_no_image_id:
+        log.warning("%d rows left out of %s: COCO results name an image by its COCO id, which video frames and "
+                    "images outside a COCO file lack (--format coco-dataset gives them ids; posetrack and mmaction "
+                    "export videos)", stats.skipped_no_image_id, output_json)
     return {**stats.as_dict(), **counts, "format": fmt, "output": output_json}
 
 

@@ -295,6 +295,9 @@ def render_video(
     try:
         _encode(all_frames(), out_size, rate, codec, temporary)
         if local:
+            umask = os.umask(0)  # mkstemp makes the file 0600: give it the mode any new file would have
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
             os.replace(temporary, target)
         else:
             fs.put_file(temporary, target)
