@@ -337,7 +337,9 @@ def report_command(args: argparse.Namespace) -> int:
     from vitpose_batch.review.report import report  # matplotlib and friends only when a report is made: --help stays instant
 
     done = report(args.predictions, args.report_html, ground_truth=args.ground_truth, sample=args.sample)
-    print(f"report of {done['images']:,} images, {done['persons']:,} persons, {done['errors']:,} error rows "
+    videos = (f" ({done['videos']:,} videos: {done['frames']:,} frames, {done['tracks']:,} tracks)"
+              if done.get("videos") else "")
+    print(f"report of {done['images']:,} images{videos}, {done['persons']:,} persons, {done['errors']:,} error rows "
           f"written to {args.report_html}")
     return 0
 

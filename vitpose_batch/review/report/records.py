@@ -68,6 +68,12 @@ def provenance_rows(job: dict | None, stats: Stats) -> list[tuple[str, str]]:
         rows.append(("dataset index", str(settings["dataset_index"])))
     if settings.get("decode"):
         rows.append(("heatmap decoding", json.dumps(settings["decode"], sort_keys=True)))
+    video = settings.get("video")
+    if video and stats.video.videos:  # the sampling of an OUTPUT that holds video frames
+        sampled = (f"frames nearest every 1/{video['frame_rate']:g} s" if video.get("frame_rate")
+                   else f"every {video['every_nth_frame']}th frame" if video.get("every_nth_frame") else "every frame")
+        rows.append(("video sampling", f"{sampled}; detector every {video.get('detect_every', 1)} sampled frame(s); "
+                                       f"segments of ~{video.get('segment_s', 60):g} s"))
     rows.append(("created by", f"vitpose-batch {(job or {}).get('created_by', 'unknown')}"
                  if job else "no _job.json (provenance from the part's metadata)"))
     return rows
