@@ -329,7 +329,8 @@ def render_command(args: argparse.Namespace) -> int:
                      min_person_score=args.min_person_score, keypoint_threshold=args.keypoint_threshold,
                      pick=args.pick)
     videos = sum(path.endswith(".mp4") for path in written)
-    print(f"rendered {len(written) - videos} images and {videos} videos into {args.outdir}")
+    nothing = " (nothing to draw: no row without an error, or --sample 0)" if not written else ""
+    print(f"rendered {len(written) - videos} images and {videos} videos into {args.outdir}{nothing}")
     return 0
 
 
