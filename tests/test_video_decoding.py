@@ -16,7 +16,8 @@ import pytest
 
 from tests import video_files as vf
 from tests.shared_data import shared_path
-from vitpose_batch.video.decoding import VideoError, VideoIndex, decode_frames, is_video, scan
+from vitpose_batch.files.addresses import is_video
+from vitpose_batch.video.decoding import VideoError, VideoIndex, decode_frames, scan
 from vitpose_batch.video.sampling import Segment, plan_segments, sample_frames
 
 SHARED_VIDEOS = {  # name: (frames, width, height)

@@ -24,6 +24,11 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 FRAME_MARK = "#frame="
 
 
+def is_video(uri: str) -> bool:
+    """True when `uri` names a video file: it ends with one of VIDEO_SUFFIXES (any case)."""
+    return uri.lower().endswith(VIDEO_SUFFIXES)
+
+
 def frame_uri(video_uri: str, frame_index: int) -> str:
     """The address of frame `frame_index` (0-based, presentation order) of a video: `video_uri#frame=N`."""
     return f"{video_uri}{FRAME_MARK}{int(frame_index)}"

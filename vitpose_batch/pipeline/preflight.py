@@ -14,7 +14,8 @@ from typing import Any
 
 import fsspec
 
-from vitpose_batch.pipeline.sources import InputError, Listing, is_video, list_input
+from vitpose_batch.files.addresses import is_video
+from vitpose_batch.pipeline.sources import InputError, Listing, list_input
 from vitpose_batch.schemas.box_files import load_boxes
 from vitpose_core.checkpoints import CheckpointError, read_checkpoint
 from vitpose_core.detectors import DetectorError, load_detector

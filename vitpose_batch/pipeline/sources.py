@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from vitpose_batch.files.image_reader import check_shards, parquet_rows
 from vitpose_batch.files.storage import arrow_filesystem, protocols, read_json
-from vitpose_batch.files.addresses import VIDEO_SUFFIXES
+from vitpose_batch.files.addresses import VIDEO_SUFFIXES, is_video
 from vitpose_batch.files.uris import canonical_prefix, canonical_uri, split_scheme
 from vitpose_batch.output.resume import uri_keys
 from vitpose_core.filesystems import filesystem, local_path_of
@@ -58,10 +58,6 @@ LISTING_SCHEMA = pa.schema([("image_uri", pa.string()), ("image_id", pa.int64())
 
 def _is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def is_video(path: str) -> bool:
-    return path.lower().endswith(VIDEO_SUFFIXES)
 
 
 def _is_tar(path: str) -> bool:

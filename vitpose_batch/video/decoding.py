@@ -21,20 +21,11 @@ from typing import BinaryIO, Union
 import av
 import numpy as np
 
-from vitpose_batch.files.addresses import VIDEO_SUFFIXES
-
-VIDEO_EXTENSIONS = VIDEO_SUFFIXES  # one home: vitpose_batch.files.addresses
-
 VideoSource = Union[str, "os.PathLike[str]", BinaryIO]
 
 # After a seek lands past the wanted frame (a demuxer whose index holds dts), seek again this far before it (seconds);
 # None: the stream's start.
 _RESEEK_S = (1.0, 4.0, 16.0, None)
-
-
-def is_video(uri: str) -> bool:
-    """True when `uri` ends with one of VIDEO_EXTENSIONS (any case)."""
-    return uri.lower().endswith(VIDEO_EXTENSIONS)
 
 
 class VideoError(ValueError):
