@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from vitpose_batch.files.addresses import frame_uri
 from vitpose_batch.pipeline.pose_worker import PoseWorker
-from vitpose_batch.schemas.predictions import PERSON_TYPE, make_table, persons_column
+from vitpose_batch.schemas.predictions import PERSON_TYPE, keypoints_with_scores, make_table, persons_column
 from vitpose_batch.video.decoding import VideoError, VideoIndex, decode_frames
 from vitpose_batch.video.track_links import FramePersons, SegmentTracker
 from vitpose_batch.video.tracking import boxes_from_poses
@@ -151,7 +151,7 @@ class VideoWorker:
         results = self.pose.estimator([image for _, _, image in batch], dataset_index=self.pose.dataset_index)
         out = []
         for (frame, timestamp, _), result in zip(batch, results):
-            result["track_ids"] = tracker.step(frame, result["boxes"], pose_of(result))
+            result["track_ids"] = tracker.step(frame, result["boxes"], keypoints_with_scores(result))
             out.append((frame, timestamp, result))
         return out
 
@@ -159,11 +159,11 @@ class VideoWorker:
                height: int) -> dict:
         """Pose on boxes taken from the previous frame's poses (no detector call)."""
         self.followed_frames += 1
-        boxes, which = boxes_from_poses(pose_of(previous), width, height)
+        boxes, which = boxes_from_poses(keypoints_with_scores(previous), width, height)
         scores = np.asarray(previous["box_scores"], np.float32)[which]
         (result,) = self.pose.estimator([image], boxes=[boxes], box_scores=[scores],
                                         dataset_index=self.pose.dataset_index)
-        result["track_ids"] = tracker.step(frame, result["boxes"], pose_of(result))
+        result["track_ids"] = tracker.step(frame, result["boxes"], keypoints_with_scores(result))
         return result
 
     def frame_rows(self, uri: str, pending: list[tuple[int, float, dict]], width: int, height: int,
@@ -178,11 +178,6 @@ class VideoWorker:
                            video_uri=[uri] * n, frame_index=[f for f, _, _ in pending],
                            timestamp_s=[t for _, t, _ in pending])
         return with_links(table, segment)
-
-
-def pose_of(result: dict) -> np.ndarray:
-    """An estimator result's keypoints with their scores: [N, K, 3] (x, y pixels; score 0-1)."""
-    return np.concatenate([result["keypoints"], result["keypoint_scores"][..., None]], axis=-1)
 
 
 def segment_index(segment: dict) -> VideoIndex:

@@ -55,11 +55,14 @@ PREDICTION_SCHEMA = pa.schema([
 ])
 
 
+def keypoints_with_scores(result: dict[str, np.ndarray]) -> np.ndarray:
+    """A PoseEstimator per-image result's poses as rows store them: [N, K, 3] (x, y image pixels; score)."""
+    return np.concatenate([result["keypoints"], result["keypoint_scores"][..., None]], axis=-1)
+
+
 def persons_from_result(result: dict[str, np.ndarray]) -> list[dict]:
     """A PoseEstimator per-image result -> the `persons` list of one row."""
-    keypoints = np.concatenate(
-        [result["keypoints"], result["keypoint_scores"][..., None]], axis=-1
-    ).astype(np.float32)
+    keypoints = keypoints_with_scores(result).astype(np.float32)
     return [
         {
             "bbox": result["boxes"][i].astype(np.float32).tolist(),
@@ -83,8 +86,8 @@ def persons_column(results: Sequence[dict[str, np.ndarray] | None]) -> pa.Array:
         empty = pa.array([], PERSON_TYPE)
         return pa.ListArray.from_arrays(offsets, empty, type=pa.list_(PERSON_TYPE))
     boxes = np.concatenate([r["boxes"] for r in present]).astype(np.float32).reshape(-1)
-    keypoints = np.concatenate([np.concatenate([r["keypoints"], r["keypoint_scores"][..., None]], axis=-1)
-                                .reshape(len(r["boxes"]), -1) for r in present]).astype(np.float32)
+    keypoints = np.concatenate([keypoints_with_scores(r).reshape(len(r["boxes"]), -1)
+                                for r in present]).astype(np.float32)
     total, width = keypoints.shape
     struct = pa.StructArray.from_arrays(
         [pa.FixedSizeListArray.from_arrays(pa.array(boxes), 4),
