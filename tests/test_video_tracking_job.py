@@ -181,3 +181,22 @@ def test_each_pasted_person_keeps_one_track_id_across_segments(job, order):
     assert not switches, f"ID switches (segments start at frames {cuts[:-1]}): {switches}"
     final = {label: next(iter(ids.values())) for label, ids in seen.items()}
     assert len(set(final.values())) == len(final), f"pasted persons share a track id: {final}"
+
+
+def test_a_warning_in_the_video_actor_reaches_the_driver_once(job, caplog):
+    """The actor's warnings travel with its segment's rows (`_notes`, as PoseWorker's do): Ray drops an actor's
+    own log lines, so a warning logged there would never be seen."""
+    from vitpose_batch.pipeline.diagnostics import Diagnostics
+    from vitpose_batch.pipeline.video_rows import VideoRows
+
+    worker = job["worker"]
+    # what PoseWorker's warnings hook does with a warning (pytest swaps the hook out while a test runs)
+    worker.pose.note_warning("the detector said something")
+    segment = pa.Table.from_pylist(job["segments"][:1])
+    (table,) = list(worker(segment))
+    assert table.column("_notes")[0].as_py() == ["the detector said something"]
+    diagnostics = Diagnostics()
+    with caplog.at_level("WARNING", logger="vitpose_batch"):
+        written = list(VideoRows(np.asarray(job["sigmas"]), lambda uris: {}).take(diagnostics.take(table)))
+    assert "the detector said something" in caplog.text and diagnostics.notes == {"the detector said something": 1}
+    assert all("_notes" not in t.column_names and "_link" not in t.column_names for t in written)

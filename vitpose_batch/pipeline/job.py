@@ -338,7 +338,7 @@ def write_rows(opts: AnnotateOptions, run: SessionRun, rows, videos, total: int 
             tracks = VideoRows(np.asarray(sigmas), output_lookup(lambda columns: parts.iter_part_tables(
                 output, columns)))
             for batch in videos.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for table in tracks.take(batch):
+                for table in tracks.take(diagnostics.take(batch)):
                     writer.add(table)
                     summary.frames += table.num_rows
                     progress.update(table.num_rows)

@@ -89,7 +89,7 @@ class VideoRows:
 
     def add_link(self, row: dict) -> Iterator[pa.Table]:
         video, segment = row["video_uri"], row["_segment"]
-        head = frame_persons(row["_segments_head"], row["persons"], link=True)
+        head = frame_persons(row["frame_index"], row["persons"], link=True)
         anchor = frame_persons(row["_anchor_frame"], row["_anchor"], link=True)
         previous = None
         if row["_lookback"] is not None:

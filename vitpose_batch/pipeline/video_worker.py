@@ -3,8 +3,9 @@ persons through them.
 
 Input rows are segments (vitpose_batch.pipeline.video_segments.SEGMENT_SCHEMA); output is PREDICTION rows, one per
 sampled frame OUTPUT lacks, one table per segment. Frames are decoded and labelled a few at a time, so a long or 8K
-segment never sits whole in memory, and never leave the actor. Each segment ends with one link row (`_link` true, not written) carrying the persons
-the driver needs to join this segment's tracks to the previous one's (vitpose_batch.pipeline.video_rows).
+segment never sits whole in memory, and never leave the actor. Each segment ends with one link row (`_link` true,
+not written) carrying the persons the driver needs to join this segment's tracks to the previous one's
+(vitpose_batch.pipeline.video_rows); warnings raised meanwhile travel in `_notes`, as PoseWorker's do.
 
 Detection runs on every `detect_every`-th sampled frame of the segment (its first frame always); between them each
 person's box comes from its previous pose (vitpose_batch.video.tracking.boxes_from_poses), as top-down pose trackers
@@ -13,7 +14,6 @@ do, so most frames cost no detector call.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from fractions import Fraction
 
@@ -28,9 +28,7 @@ from vitpose_batch.video.track_links import FramePersons, SegmentTracker
 from vitpose_batch.video.tracking import boxes_from_poses
 from vitpose_core.filesystems import open_uri
 
-log = logging.getLogger(__name__)
-
-LINK_COLUMNS = ("_link", "_segment", "_segments_head", "_anchor", "_anchor_frame", "_lookback")
+LINK_COLUMNS = ("_link", "_segment", "_anchor", "_anchor_frame", "_lookback")
 FRAMES_PER_CALL = 8  # frames detected and estimated in one call when the detector runs on every frame
 
 
@@ -55,7 +53,11 @@ class VideoWorker:
             self.pose.maybe_die()
             # One table per segment, its link row last: a segment's rows arrive whole or (actor lost) not at all,
             # never partly and then again from the retry. Rows are keypoints, not pixels: small.
-            yield pa.concat_tables(list(self.segment_rows(segment)))
+            rows = pa.concat_tables(list(self.segment_rows(segment)))
+            with self.pose.lock:  # warnings raised here reach the driver as PoseWorker's do (diagnostics `_notes`)
+                notes, self.pose.notes = list(dict.fromkeys(self.pose.notes)), []
+            yield rows.append_column("_notes", pa.array([notes] + [[] for _ in range(rows.num_rows - 1)],
+                                                        pa.list_(pa.string())))
 
     def segment_rows(self, segment: dict) -> Iterator[pa.Table]:
         """One segment's rows, a few frames at a time, then its link row."""
@@ -169,10 +171,6 @@ class VideoWorker:
     def frame_rows(self, uri: str, pending: list[tuple[int, float, dict]], width: int, height: int,
                    segment: dict) -> pa.Table:
         n = len(pending)
-        with self.pose.lock:
-            notes, self.pose.notes = list(dict.fromkeys(self.pose.notes)), []
-        for note in notes:
-            log.warning("%s", note)
         table = make_table([frame_uri(uri, f) for f, _, _ in pending], [None] * n, [width] * n, [height] * n,
                            persons_column([r for _, _, r in pending]), [None] * n, [None] * n,
                            video_uri=[uri] * n, frame_index=[f for f, _, _ in pending],
@@ -198,27 +196,23 @@ def _persons_cell(persons: FramePersons | None) -> list[dict]:
             for track, box, pose, gap in zip(persons.track_ids, persons.boxes, persons.keypoints, persons.gaps)]
 
 
-def with_links(table: pa.Table, segment: dict) -> pa.Table:
-    """Rows written as they are: the link columns say which video segment they belong to."""
+def with_links(table: pa.Table, segment: dict, link: bool = False, anchor: FramePersons | None = None) -> pa.Table:
+    """`table` with the link columns: which video segment its rows belong to and, on the segment's link row
+    (`link`), the anchor and the lookback frame the driver joins tracks with."""
     n = table.num_rows
-    return (table.append_column("_link", pa.array([False] * n, pa.bool_()))
+    return (table.append_column("_link", pa.array([link] * n, pa.bool_()))
             .append_column("_segment", pa.array([segment["segment"]] * n, pa.int32()))
-            .append_column("_segments_head", pa.array([None] * n, pa.int64()))
-            .append_column("_anchor", pa.array([[]] * n, pa.list_(PERSON_TYPE)))
-            .append_column("_anchor_frame", pa.array([None] * n, pa.int64()))
-            .append_column("_lookback", pa.array([None] * n, pa.int64())))
+            .append_column("_anchor", pa.array([_persons_cell(anchor)] * n, pa.list_(PERSON_TYPE)))
+            .append_column("_anchor_frame", pa.array([None if anchor is None else anchor.frame_index] * n,
+                                                     pa.int64()))
+            .append_column("_lookback", pa.array([segment["lookback"] if link else None] * n, pa.int64())))
 
 
 def link_row(segment: dict, head: FramePersons | None, anchor: FramePersons | None) -> pa.Table:
     """The segment's last row: not written; `persons` holds its head (the tracks born in its first frames, as first
-    seen), `_anchor` its tracker's live tracks after the next segment's first frame
-    (vitpose_batch.video.track_links.SegmentTracker)."""
+    seen; `frame_index`: the segment's first sampled frame), `_anchor` its tracker's live tracks after the next
+    segment's first frame (vitpose_batch.video.track_links.SegmentTracker)."""
     uri = segment["video_uri"]
     table = make_table([uri], [None], [0], [0], [_persons_cell(head)], [None], [None], video_uri=[uri],
                        frame_index=[None if head is None else head.frame_index])
-    return (table.append_column("_link", pa.array([True], pa.bool_()))
-            .append_column("_segment", pa.array([segment["segment"]], pa.int32()))
-            .append_column("_segments_head", pa.array([None if head is None else head.frame_index], pa.int64()))
-            .append_column("_anchor", pa.array([_persons_cell(anchor)], pa.list_(PERSON_TYPE)))
-            .append_column("_anchor_frame", pa.array([None if anchor is None else anchor.frame_index], pa.int64()))
-            .append_column("_lookback", pa.array([segment["lookback"]], pa.int64())))
+    return with_links(table, segment, link=True, anchor=anchor)
