@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -42,17 +42,17 @@ class SessionRun:
     lease: leases.Lease
     metadata: dict[str, str]
     recovered: int = 0
-    writers: list[parts.PartWriter] = field(default_factory=list)
+    part_writer: parts.PartWriter | None = None
 
     def writer(self, schema: pa.Schema, rows_per_file: int = parts.DEFAULT_ROWS_PER_FILE,
                commit_interval: float = parts.DEFAULT_COMMIT_INTERVAL_S) -> parts.PartWriter:
         """The run's PartWriter (one per run: its parts are numbered in one sequence)."""
-        if self.writers:
+        if self.part_writer is not None:
             raise RuntimeError("a run has one PartWriter")
-        writer = parts.PartWriter(self.output, self.run_id, schema, self.metadata, rows_per_file=rows_per_file,
-                                  commit_interval=commit_interval, check=self.lease.check)
-        self.writers.append(writer)
-        return writer
+        self.part_writer = parts.PartWriter(self.output, self.run_id, schema, self.metadata,
+                                            rows_per_file=rows_per_file, commit_interval=commit_interval,
+                                            check=self.lease.check)
+        return self.part_writer
 
 
 class OutputSession:

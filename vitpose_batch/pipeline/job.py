@@ -177,7 +177,6 @@ def run_annotate(opts: AnnotateOptions) -> Summary:
                          lambda: run_record_extra(opts, summary), run_id=summary.run_id) as run:
             summary.recovered = run.recovered
             execute(opts, run, listing, box_index, summary, keypoint_set.sigmas)
-            summary.seconds = time.time() - started
     except signals.Stopped as exc:
         exc.summary = summary
         raise
