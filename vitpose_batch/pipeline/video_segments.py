@@ -33,8 +33,7 @@ SEGMENT_SCHEMA = pa.schema([
     ("emit", pa.list_(pa.bool_())),    # per sampled frame: OUTPUT lacks its row, so this run writes it
     ("anchor", pa.int64()),            # the next segment's first sampled frame (tracked, not written); null: last
     ("lookback", pa.int64()),          # a frame whose rows in OUTPUT carry final track ids (resumed runs), or null
-    ("first_pts", pa.int64()),         # pts of frame `start` .. of the last frame decoded (anchor or stop - 1)
-    ("pts", pa.list_(pa.int64())),
+    ("pts", pa.list_(pa.int64())),     # pts of frame `start` .. of the last frame decoded (anchor or stop - 1)
     ("timestamps_s", pa.list_(pa.float64())),
     ("time_base", pa.list_(pa.int64(), 2)),
     ("width", pa.int32()),
@@ -90,7 +89,7 @@ def video_segments(batch: pa.Table, sampling: Sampling, finished=None) -> pa.Tab
 
 def segments_of(video_uri: str, sampling: Sampling, finished=None) -> pa.Table:
     """One video's segments (see `video_segments`)."""
-    if finished is not None and len(finished) and finished.contains(uri_keys(pa.array([video_uri])))[0]:
+    if in_output(finished, [video_uri])[0]:
         return SEGMENT_SCHEMA.empty_table()  # OUTPUT holds the row saying this video cannot be read
     try:
         with open_uri(video_uri) as file:
@@ -100,10 +99,7 @@ def segments_of(video_uri: str, sampling: Sampling, finished=None) -> pa.Table:
     except OSError as exc:
         return _error_row(video_uri, f"video {video_uri}: cannot be read: {type(exc).__name__}: {exc}")
     sampled = sample_frames(index.timestamps_s, frame_rate=sampling.frame_rate, every_nth=sampling.every_nth_frame)
-    if finished is None or not len(finished):
-        done = np.zeros(len(sampled), bool)
-    else:
-        done = finished.contains(uri_keys(pa.array([frame_uri(video_uri, int(i)) for i in sampled], pa.string())))
+    done = in_output(finished, [frame_uri(video_uri, int(i)) for i in sampled])
     segments = plan_segments(index, sampled, sampling.segment_s)
     tail_error = cut_short(video_uri, index, finished)
     rows = []
@@ -125,7 +121,6 @@ def segments_of(video_uri: str, sampling: Sampling, finished=None) -> pa.Table:
         rows.append({
             "video_uri": video_uri, "segment": segment.index, "start": segment.start, "stop": segment.stop,
             "frames": frames.tolist(), "emit": emit.tolist(), "anchor": anchor, "lookback": lookback,
-            "first_pts": int(index.pts[segment.start]),
             "pts": index.pts[segment.start:last + 1].tolist(),
             "timestamps_s": index.timestamps_s[segment.start:last + 1].tolist(),
             "time_base": [index.time_base.numerator, index.time_base.denominator],
@@ -135,13 +130,19 @@ def segments_of(video_uri: str, sampling: Sampling, finished=None) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA)
 
 
+def in_output(finished, uris: list[str]) -> np.ndarray:
+    """Which of `uris` OUTPUT holds rows of (bool [n]); `finished`: a resume KeySet, or None (nothing)."""
+    if finished is None or not len(finished):
+        return np.zeros(len(uris), bool)
+    return finished.contains(uri_keys(pa.array(uris, pa.string())))
+
+
 def cut_short(video_uri: str, index, finished=None) -> str | None:
     """The error of a file cut short (the container states more frames than its packets hold), unless OUTPUT holds
     it already: its row is `video#frame=<first missing frame>`, one row for every frame missing."""
     if index.declared_frames <= index.frame_count:
         return None
-    key = frame_uri(video_uri, index.frame_count)
-    if finished is not None and len(finished) and finished.contains(uri_keys(pa.array([key], pa.string())))[0]:
+    if in_output(finished, [frame_uri(video_uri, index.frame_count)])[0]:
         return None
     last = index.frame_count - 1
     return (f"video {video_uri}: the file ends after frame {last} ({index.timestamps_s[last]:.2f} s): the container "
