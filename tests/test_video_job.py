@@ -178,6 +178,7 @@ def test_bad_videos_are_rows_and_the_job_goes_on(tmp_path, tiny_vitpose, shared_
     video_files.remux(walkers, str(tmp_path / "fast.mp4"), faststart=True)
     video_files.truncate(str(tmp_path / "fast.mp4"), str(corpus / "cut.mp4"), 0.5)
     video_files.encode(str(corpus / "tiny.mp4"), [np.full((1, 1, 3), 128, np.uint8)] * 3, fps=10, pix_fmt="yuv444p")
+    os.symlink(tmp_path / "not-there.mp4", corpus / "gone.mp4")  # listed, then missing: a read that may pass
     output = tmp_path / "out"
     annotate(corpus, output, tiny_vitpose)
     rows = rows_of(output)
@@ -189,6 +190,11 @@ def test_bad_videos_are_rows_and_the_job_goes_on(tmp_path, tiny_vitpose, shared_
         assert row["image_uri"] == str(corpus / name) and row["error"] and name in row["error"], row
         assert "\n" not in row["error"]
     assert "no video stream" in by_video["audio.mp4"][0]["error"]
+    assert [row["error_retryable"] for name in ("empty.mp4", "text.mkv", "audio.mp4", "evc.mp4")
+            for row in by_video[name]] == [False] * 4
+    (gone,) = by_video["gone.mp4"]  # a file that could not be read: retryable, as an image's read failure is
+    assert gone["image_uri"] == str(corpus / "gone.mp4") and "cannot be read" in gone["error"]
+    assert gone["error_retryable"] is True
     cut = sorted(by_video["cut.mp4"], key=lambda row: row["frame_index"])
     good = [row for row in cut if row["error"] is None]
     bad = [row for row in cut if row["error"] is not None]
@@ -202,8 +208,9 @@ def test_bad_videos_are_rows_and_the_job_goes_on(tmp_path, tiny_vitpose, shared_
     assert f"ends after frame {indexed - 1}" in bad[-1]["error"] and f"{50 - indexed} are missing" in bad[-1]["error"]
     assert [row["error"] for row in by_video["tiny.mp4"]] == [None] * 3
     before = len(rows)
-    annotate(corpus, output, tiny_vitpose)  # the errors are not retryable: nothing is written twice
-    assert len(rows_of(output)) == before
+    annotate(corpus, output, tiny_vitpose)  # only the retryable row is redone, in place: nothing is written twice
+    again = rows_of(output)
+    assert len(again) == before and Counter(row["image_uri"] for row in again) == Counter(r["image_uri"] for r in rows)
 
 
 def test_a_video_on_object_storage_is_scanned_and_decoded_where_it_lies(tmp_path, s3_server, s3_env):

@@ -40,6 +40,7 @@ SEGMENT_SCHEMA = pa.schema([
     ("height", pa.int32()),
     ("rotation", pa.int32()),
     ("error", pa.string()),            # the video could not be scanned: one error row, keyed by the video's URI
+    ("error_retryable", pa.bool_()),   # ... because its read failed (missing, storage): a re-run may read it
     ("frame_count", pa.int64()),       # frames the video's packets hold
     ("tail_error", pa.string()),       # the file is cut short: one error row after its last frame (last segment)
 ])
@@ -94,10 +95,11 @@ def segments_of(video_uri: str, sampling: Sampling, finished=None) -> pa.Table:
     try:
         with open_uri(video_uri) as file:
             index = scan(file, video_uri)
-    except VideoError as exc:
-        return _error_row(video_uri, str(exc))
-    except OSError as exc:
-        return _error_row(video_uri, f"video {video_uri}: cannot be read: {type(exc).__name__}: {exc}")
+    except VideoError as exc:  # the bytes are what they are: a re-run would say the same
+        return _error_row(video_uri, str(exc), retryable=False)
+    except OSError as exc:  # a missing file, a storage fault: may pass, as for images
+        return _error_row(video_uri, f"video {video_uri}: cannot be read: {type(exc).__name__}: {exc}",
+                          retryable=True)
     sampled = sample_frames(index.timestamps_s, frame_rate=sampling.frame_rate, every_nth=sampling.every_nth_frame)
     done = in_output(finished, [frame_uri(video_uri, int(i)) for i in sampled])
     segments = plan_segments(index, sampled, sampling.segment_s)
@@ -149,6 +151,7 @@ def cut_short(video_uri: str, index, finished=None) -> str | None:
             f"states {index.declared_frames} frames, {index.declared_frames - index.frame_count} are missing")
 
 
-def _error_row(video_uri: str, message: str) -> pa.Table:
-    return pa.Table.from_pylist([{"video_uri": video_uri, "segment": 0, "frames": [], "emit": [],
-                                  "pts": [], "timestamps_s": [], "error": message}], schema=SEGMENT_SCHEMA)
+def _error_row(video_uri: str, message: str, retryable: bool) -> pa.Table:
+    return pa.Table.from_pylist([{"video_uri": video_uri, "segment": 0, "frames": [], "emit": [], "pts": [],
+                                  "timestamps_s": [], "error": message, "error_retryable": retryable}],
+                                schema=SEGMENT_SCHEMA)

@@ -63,8 +63,8 @@ class VideoWorker:
         """One segment's rows, a few frames at a time, then its link row."""
         uri = segment["video_uri"]
         if segment["error"] is not None:  # the video could not be read at all: one row says why
-            yield with_links(make_table([uri], [None], [0], [0], [[]], [segment["error"]], [False],
-                                        video_uri=[uri]), segment)
+            yield with_links(make_table([uri], [None], [0], [0], [[]], [segment["error"]],
+                                        [bool(segment["error_retryable"])], video_uri=[uri]), segment)
             return
         frames = np.asarray(segment["frames"], np.int64)
         emit = dict(zip(segment["frames"], segment["emit"]))
@@ -98,10 +98,11 @@ class VideoWorker:
                 pending = []
             if missing:
                 message = str(exc) if isinstance(exc, VideoError) else f"video {uri}: {type(exc).__name__}: {exc}"
+                retryable = not isinstance(exc, VideoError)  # a read that failed may pass; undecodable bytes not
                 n = len(missing)
                 times = [segment["timestamps_s"][f - segment["start"]] for f in missing]
                 yield with_links(make_table([frame_uri(uri, f) for f in missing], [None] * n, [width] * n,
-                                            [height] * n, [[]] * n, [message] * n, [False] * n,
+                                            [height] * n, [[]] * n, [message] * n, [retryable] * n,
                                             video_uri=[uri] * n, frame_index=missing, timestamp_s=times), segment)
         if pending:
             yield self.frame_rows(uri, pending, width, height, segment)
