@@ -1,4 +1,5 @@
-"""fsspec helpers: one filesystem per URI (credentials from the environment), JSON documents with one-line errors.
+"""fsspec helpers: one filesystem per URI (credentials from the environment), JSON documents with one-line errors,
+files written whole or not at all (`write_atomically`).
 
 How an annotate OUTPUT is laid out, committed and resumed is `vitpose_batch.output`'s job; a command opens its
 OUTPUT once, as a `vitpose_batch.output.layout.Output`, and hands that down.
@@ -7,8 +8,13 @@ OUTPUT once, as a `vitpose_batch.output.layout.Output`, and hands that down.
 from __future__ import annotations
 
 import json
+import posixpath
+import uuid
+from collections.abc import Callable
+from typing import Any
 
 import fsspec
+import fsspec.spec
 
 from vitpose_core.filesystems import filesystem, open_uri
 
@@ -47,3 +53,41 @@ def arrow_filesystem(fs: fsspec.AbstractFileSystem):
     if is_local(fs):
         return LocalFileSystem()
     return PyFileSystem(FSSpecHandler(fs))
+
+
+def _abandon(fs: Any, handle: Any, target: str) -> None:
+    """Leave nothing behind after a failed write: no half upload becomes visible, no temporary file stays."""
+    try:
+        if isinstance(handle, fsspec.spec.AbstractBufferedFile):
+            handle.discard()  # object stores: abort a multipart upload
+            handle.closed = True  # and skip the final flush that would publish what was written so far
+        else:
+            handle.close()
+            if fs.exists(target):
+                fs.rm(target)
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
+
+
+def write_atomically(output: str, write: Callable[[Any], Any]) -> None:
+    """Call `write(handle)` with a binary handle on `output` (local path or fsspec URL); readers see the whole file
+    or, when `write` raises, nothing: a local file is written under a temporary name in its folder and renamed at
+    the end; other file systems get one upload that only becomes visible when it completes."""
+    fs, path = open_filesystem(output)
+    local = is_local(fs)
+    if local:
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        target = f"{path}.{uuid.uuid4().hex}.tmp"
+    else:
+        target = path
+    handle = fs.open(target, "wb")
+    try:
+        write(handle)
+    except BaseException:
+        _abandon(fs, handle, target)
+        raise
+    handle.close()
+    if local:
+        fs.mv(target, path)

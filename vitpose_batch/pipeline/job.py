@@ -215,7 +215,7 @@ def execute(opts: AnnotateOptions, run: SessionRun, listing: Listing, box_index,
         listed_only = listing.kind == "files" and not listing.videos  # videos' frames are known only to their scans
         summary.skipped = plan.already_done if listed_only else state.rows - summary.redone
         rows = pose_rows(opts, items, box_index) if items is not None else None
-        total = plan.new if listing.kind == "files" and not listing.videos else None
+        total = plan.new if listed_only else None
         write_rows(opts, run, rows, videos, total, summary, sigmas)
     finally:
         if started_here:

@@ -2,9 +2,8 @@
 Label Studio import tasks.
 
 The prediction part files are streamed one at a time (`vitpose_batch.output.parts.iter_part_tables`) and the JSON is written
-as it is produced (see `vitpose_batch.schemas.coco` for how each format streams). Local outputs are written to a temporary name
-in the destination folder and renamed at the end, so a reader never sees half a file; other filesystems get one
-upload that only becomes visible when it completes.
+as it is produced (see `vitpose_batch.schemas.coco` for how each format streams), whole or not at all
+(`vitpose_batch.files.storage.write_atomically`).
 
 Pseudo-labels (`coco-dataset`, `label-studio`) are OKS-NMS'd per image first, as ViTPose's evaluation does
 (`vitpose_batch.review.oks.oks_nms`: best person score first, OKS with the sigmas of the OUTPUT's keypoint set and the padded
@@ -16,27 +15,24 @@ one error row of a video that could not be read at all, which has no frame_index
 once (its tracks span part files), so the frame rows are gathered into one table of the columns those formats read
 (`VIDEO_ROW_COLUMNS`): memory grows with the videos' frame rows, not with the image rows. `posetrack` writes one
 JSON document per video into a folder (`vitpose_batch.review.posetrack`), `mmaction` one pickle
-(`vitpose_batch.review.mmaction`); each file is written as above (whole or not at all).
+(`vitpose_batch.review.mmaction`); each file is written whole or not at all
+(`vitpose_batch.files.storage.write_atomically`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import pickle
 import posixpath
-import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
-import fsspec
-import fsspec.spec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vitpose_batch.files.storage import is_local, open_filesystem
+from vitpose_batch.files.storage import write_atomically
 from vitpose_batch.output.layout import PART_SUFFIX, Output
 from vitpose_batch.output.parts import (
     is_part_file,
@@ -50,9 +46,9 @@ from vitpose_batch.review.label_studio import (
     label_config,
     label_studio_tasks,
 )
-from vitpose_batch.review.mmaction import PICKLE_PROTOCOL, mmaction_annotations
+from vitpose_batch.review.mmaction import check_pickle_path, write_mmaction
 from vitpose_batch.review.oks import OKS_THRESHOLD, oks_nms, padded_box_areas
-from vitpose_batch.review.posetrack import posetrack_videos, video_names
+from vitpose_batch.review.posetrack import write_posetrack
 from vitpose_batch.schemas.coco import (
     ExportStats,
     coco_results,
@@ -75,43 +71,6 @@ VIDEO_FORMATS = ("posetrack", "mmaction")
 EXPORT_FORMATS = ("coco-results", "coco-dataset", "label-studio", *VIDEO_FORMATS)
 # what the video formats read of a frame row
 VIDEO_ROW_COLUMNS = ("image_uri", "width", "height", "persons", "error", "video_uri", "frame_index", "timestamp_s")
-
-
-def _abandon(fs: Any, handle: Any, target: str) -> None:
-    """Leave nothing behind after a failed write: no half upload becomes visible, no temporary file stays."""
-    try:
-        if isinstance(handle, fsspec.spec.AbstractBufferedFile):
-            handle.discard()  # object stores: abort a multipart upload
-            handle.closed = True  # and skip the final flush that would publish what was written so far
-        else:
-            handle.close()
-            if fs.exists(target):
-                fs.rm(target)
-    except Exception:  # noqa: BLE001 - the original error is the one to report
-        pass
-
-
-def write_atomically(output: str, write: Callable[[Any], Any]) -> None:
-    """Call `write(handle)` with a binary handle on `output` (local path or fsspec URL); readers see the whole file
-    or, when `write` raises, nothing (see the module docstring)."""
-    fs, path = open_filesystem(output)
-    local = is_local(fs)
-    if local:
-        parent = posixpath.dirname(path)
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        target = f"{path}.{uuid.uuid4().hex}.tmp"
-    else:
-        target = path
-    handle = fs.open(target, "wb")
-    try:
-        write(handle)
-    except BaseException:
-        _abandon(fs, handle, target)
-        raise
-    handle.close()
-    if local:
-        fs.mv(target, path)
 
 
 def check_predictions(predictions: Output) -> None:
@@ -297,8 +256,8 @@ def _persons_scored_at_least(rows: pa.Table, min_person_score: float) -> tuple[p
 
 def _export_video(predictions: Output, output: str, fmt: str, min_person_score: float,
                   track_ids: str) -> dict[str, Any]:
-    if fmt == "mmaction" and not output.endswith(".pkl"):
-        raise ValueError(f"mmaction: OUTPUT must be a .pkl file (mmaction2's PoseDataset reads only those), got {output!r}")
+    if fmt == "mmaction":
+        check_pickle_path(output)  # before any row is read
     counts: dict[str, int] = {}
     rows = read_video_rows(predictions, counts=counts)
     if rows.num_rows == 0:
@@ -308,15 +267,10 @@ def _export_video(predictions: Output, output: str, fmt: str, min_person_score: 
     keypoint_set = output_keypoint_set(predictions)
     stats = {"format": fmt, "output": output, **video_counts(rows), **counts}
     if fmt == "posetrack":
-        documents = posetrack_videos(rows, keypoint_set.keypoint_names, keypoint_set.skeleton, track_ids=track_ids)
-        names = video_names(documents)
-        for uri, document in documents.items():
-            data = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
-            write_atomically(f"{output.rstrip('/')}/{names[uri]}.json", lambda handle, data=data: handle.write(data))
-        stats["files"] = len(documents)
+        stats["files"] = len(write_posetrack(rows, output, keypoint_set.keypoint_names, keypoint_set.skeleton,
+                                             track_ids=track_ids))
     else:
-        payload = pickle.dumps(mmaction_annotations(rows, keypoint_set.num_keypoints), protocol=PICKLE_PROTOCOL)
-        write_atomically(output, lambda handle: handle.write(payload))
+        write_mmaction(rows, output, keypoint_set.num_keypoints)
         stats["files"] = 1
     return stats
 

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vitpose_batch.files.storage import open_filesystem
+from vitpose_batch.files.storage import write_atomically
 from vitpose_batch.review.posetrack import flat_persons, rows_by_video, video_names
 
-__all__ = ["mmaction_annotations", "write_mmaction"]
+__all__ = ["check_pickle_path", "mmaction_annotations", "write_mmaction"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,12 @@ def mmaction_annotations(
             for uri, video in videos.items()]
 
 
+def check_pickle_path(path: str) -> None:
+    """ValueError unless `path` ends in `.pkl`: mmaction2's PoseDataset reads only those."""
+    if not path.endswith(".pkl"):
+        raise ValueError(f"mmaction2's PoseDataset reads only .pkl annotation files, got {path!r}")
+
+
 def write_mmaction(
     rows: pa.Table,
     path: str,
@@ -172,8 +178,7 @@ def write_mmaction(
         `{"split": ..., "annotations": [...]}` (PoseDataset with `split="<name>"`); every frame_dir named must be a
         video of `rows`. Returns `path`. Raises ValueError for a path without `.pkl`, a split naming an unknown
         frame_dir, and as `mmaction_annotations`; TypeError for a split given as a string; OSError from the file system."""
-    if not path.endswith(".pkl"):
-        raise ValueError(f"mmaction2's PoseDataset reads only .pkl annotation files, got {path!r}")
+    check_pickle_path(path)
     annotations = mmaction_annotations(rows, num_keypoints, label_column=label_column, max_persons=max_persons)
     payload: Any = annotations
     if split is not None:
@@ -187,9 +192,6 @@ def write_mmaction(
                 raise ValueError(f"split {split_name!r} names frame_dir(s) not among the videos: {unknown[:5]}")
             payload_split[str(split_name)] = list(frame_dirs)
         payload = {"split": payload_split, "annotations": annotations}
-    fs, target = open_filesystem(path)
-    parent = target.rsplit("/", 1)[0] if "/" in target else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    fs.pipe_file(target, pickle.dumps(payload, protocol=PICKLE_PROTOCOL))
+    data = pickle.dumps(payload, protocol=PICKLE_PROTOCOL)
+    write_atomically(path, lambda handle: handle.write(data))
     return path

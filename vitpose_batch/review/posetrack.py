@@ -58,7 +58,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vitpose_batch.files.storage import open_filesystem
+from vitpose_batch.files.storage import write_atomically
 from vitpose_batch.schemas.coco import COORD_DECIMALS, SCORE_DECIMALS
 
 __all__ = [
@@ -357,16 +357,15 @@ def write_posetrack(
     """Write `posetrack_videos(rows, ...)` as `<folder>/<video name>.json`, one file per video (`video_names`: the
     video's file stem, with a hash suffix for stems several videos share, so no file overwrites another).
 
-    folder: a local path or fsspec URL, created if missing. Returns the written paths in video_uri order (none for
-    a table without video rows). Raises as `posetrack_videos`; OSError from the file system."""
+    folder: a local path or fsspec URL, created if missing; each file is written whole or not at all. Returns the
+    written paths in video_uri order (none for a table without video rows). Raises as `posetrack_videos`; OSError
+    from the file system."""
     documents = posetrack_videos(rows, keypoint_names, skeleton, track_ids=track_ids)
     names = video_names(documents)
-    fs, root = open_filesystem(folder)
     written = []
-    if documents:
-        fs.makedirs(root, exist_ok=True)
     for uri, document in documents.items():
-        path = posixpath.join(root, f"{names[uri]}.json")
-        fs.pipe_file(path, json.dumps(document, separators=(",", ":"), allow_nan=False).encode())
-        written.append(folder.rstrip("/") + "/" + f"{names[uri]}.json")
+        path = f"{folder.rstrip('/')}/{names[uri]}.json"
+        data = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+        write_atomically(path, lambda handle, data=data: handle.write(data))
+        written.append(path)
     return written

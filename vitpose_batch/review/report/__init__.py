@@ -40,12 +40,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vitpose_batch.files.image_reader import image_source_of
+from vitpose_batch.files.storage import write_atomically
 from vitpose_batch.output.layout import Output
 from vitpose_batch.output.parts import predictions_files, read_parquet
 from vitpose_batch.output.provenance import load_record
 from vitpose_batch.progress import reading
 from vitpose_batch.review.evaluate import evaluate
-from vitpose_batch.review.export import check_predictions, write_atomically
+from vitpose_batch.review.export import check_predictions
 from vitpose_batch.review.report.html import (page, section_accuracy, section_counts, section_distributions,
                                               section_low_confidence, section_provenance, section_runs,
                                               section_samples, section_videos)
