@@ -49,6 +49,7 @@ from vitpose_batch.review.label_studio import (
 from vitpose_batch.review.mmaction import check_pickle_path, write_mmaction
 from vitpose_batch.review.oks import OKS_THRESHOLD, oks_nms, padded_box_areas
 from vitpose_batch.review.posetrack import write_posetrack
+from vitpose_batch.review.video_tally import video_counts
 from vitpose_batch.schemas.coco import (
     ExportStats,
     coco_results,
@@ -222,26 +223,6 @@ def read_video_rows(predictions: Output, video_uris: Collection[str] | None = No
     if not kept:
         return target.empty_table()
     return pa.concat_tables(kept, promote_options="permissive")
-
-
-def video_counts(rows: pa.Table) -> dict[str, int]:
-    """videos (distinct video_uri), frames (rows) and tracks (distinct (video_uri, track_id) of the persons with a
-    track id) of frame rows (`read_video_rows`)."""
-    if rows.num_rows == 0:
-        return {"videos": 0, "frames": 0, "tracks": 0}
-    videos = rows.column("video_uri").combine_chunks().dictionary_encode()
-    codes = np.asarray(videos.indices.to_numpy(zero_copy_only=False), np.int64)
-    persons = rows.column("persons")
-    flat = pc.list_flatten(persons)
-    tracks = 0
-    if len(flat) and "track_id" in [f.name for f in flat.type]:
-        parents = np.asarray(pc.list_parent_indices(persons).to_numpy(zero_copy_only=False), np.int64)
-        ids = pc.struct_field(flat, "track_id")
-        has = np.asarray(pc.is_valid(ids).to_numpy(zero_copy_only=False), bool)
-        ids = np.asarray(pc.fill_null(ids, 0).to_numpy(zero_copy_only=False), np.int64)
-        pairs = np.stack([codes[parents[has]], ids[has]], axis=1)
-        tracks = len(np.unique(pairs, axis=0)) if len(pairs) else 0
-    return {"videos": len(videos.dictionary), "frames": rows.num_rows, "tracks": int(tracks)}
 
 
 def _persons_scored_at_least(rows: pa.Table, min_person_score: float) -> tuple[pa.Table, int]:

@@ -1,5 +1,6 @@
 """The report's one streamed pass, in pieces: per-part statistics folded into fixed-size or capped counters
-(`Stats`), error messages grouped by kind (`error_kind`), and the videos' frames and tracks (`VideoTally`: exact
+(`Stats`), error messages grouped by kind (`error_kind`), and the videos' frames and tracks
+(`vitpose_batch.review.video_tally.VideoTally`: exact
 distinct counts, so it grows with the number of videos and tracks, never with the rows)."""
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from vitpose_batch.review.video_tally import VideoTally
 
 COLUMNS = ("image_uri", "width", "height", "persons", "error", "video_uri", "frame_index")  # all it reads of a part
 SCORE_BINS = 50  # person-score histogram bins over [0, 1]
@@ -34,69 +37,6 @@ def error_kind(message: str) -> str:
 class ErrorKind:
     count: int = 0
     examples: list[str] = field(default_factory=list)
-
-
-TRACK_KEY = np.dtype([("video", "<i8"), ("track", "<i8")])
-
-
-class VideoTally:
-    """Videos, frames and tracks of the frame rows (rows with a video_uri and a frame_index), streamed part by part.
-
-    videos: distinct video_uri; frames: frame rows; tracks: distinct (video_uri, track_id) of their persons with a
-    track id. Exact: the video URIs are kept once each (a small number next to the rows) and the tracks as 16-byte
-    (video number, track id) keys, deduplicated when the new keys outnumber the kept ones (amortised O(n log n))."""
-
-    def __init__(self) -> None:
-        self.codes: dict[str, int] = {}  # video_uri -> its number
-        self.frames = 0
-        self._tracks = np.zeros(0, TRACK_KEY)  # distinct keys
-        self._pending: list[np.ndarray] = []
-        self._pending_size = 0
-
-    @property
-    def videos(self) -> int:
-        return len(self.codes)
-
-    @property
-    def tracks(self) -> int:
-        self._merge()
-        return len(self._tracks)
-
-    def _merge(self) -> None:
-        if self._pending:
-            self._tracks = np.unique(np.concatenate([self._tracks, *self._pending]))
-            self._pending, self._pending_size = [], 0
-
-    def add(self, table: pa.Table, counts: np.ndarray, flat: pa.Array) -> None:
-        """Fold in one part: `table` (with video_uri, frame_index when it has videos), its persons per row `counts`
-        and its persons flattened `flat` (as `flat_persons` gives them)."""
-        if "video_uri" not in table.column_names or "frame_index" not in table.column_names:
-            return
-        framed = pc.and_(pc.is_valid(table.column("video_uri")), pc.is_valid(table.column("frame_index")))
-        framed = np.asarray(framed.to_numpy(zero_copy_only=False), bool)
-        if not framed.any():
-            return
-        self.frames += int(framed.sum())
-        encoded = table.column("video_uri").filter(pa.array(framed)).combine_chunks().dictionary_encode()
-        numbers = np.array([self.codes.setdefault(uri, len(self.codes)) for uri in encoded.dictionary.to_pylist()],
-                           np.int64)  # one Python step per video of the part, not per row
-        row_codes = np.full(table.num_rows, -1, np.int64)
-        row_codes[framed] = numbers[np.asarray(encoded.indices.to_numpy(zero_copy_only=False), np.int64)]
-        if not len(flat) or "track_id" not in [f.name for f in flat.type]:
-            return
-        person_codes = np.repeat(row_codes, counts)
-        ids = pc.struct_field(flat, "track_id")
-        keep = (person_codes >= 0) & np.asarray(pc.is_valid(ids).to_numpy(zero_copy_only=False), bool)
-        if not keep.any():
-            return
-        keys = np.zeros(int(keep.sum()), TRACK_KEY)
-        keys["video"] = person_codes[keep]
-        keys["track"] = np.asarray(pc.fill_null(ids, 0).to_numpy(zero_copy_only=False), np.int64)[keep]
-        keys = np.unique(keys)
-        self._pending.append(keys)
-        self._pending_size += len(keys)
-        if self._pending_size > max(len(self._tracks), 65536):
-            self._merge()
 
 
 @dataclass
