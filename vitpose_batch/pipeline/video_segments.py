@@ -141,7 +141,7 @@ def in_output(finished, uris: list[str]) -> np.ndarray:
 
 def cut_short(video_uri: str, index, finished=None) -> str | None:
     """The error of a file cut short (the container states more frames than its packets hold), unless OUTPUT holds
-    it already: its row is `video#frame=<first missing frame>`, one row for every frame missing."""
+    it already: one row, `video#frame=<first missing frame>`, stands for all the frames missing."""
     if index.declared_frames <= index.frame_count:
         return None
     if in_output(finished, [frame_uri(video_uri, index.frame_count)])[0]:

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from vitpose_batch.files.storage import write_atomically
-from vitpose_batch.review.posetrack import flat_persons, rows_by_video, video_names
+from vitpose_batch.review.posetrack import person_arrays_of, rows_by_video, video_names
 
 __all__ = ["check_pickle_path", "mmaction_annotations", "write_mmaction"]
 
@@ -78,7 +78,7 @@ def _annotation(video: pa.Table, uri: str, name: str, num_keypoints: int, max_pe
         timestamps = np.asarray(video.column("timestamp_s").to_numpy(zero_copy_only=False), np.float64)
     else:
         timestamps = np.full(total, np.nan)
-    persons = flat_persons(video, num_keypoints)
+    persons = person_arrays_of(video, num_keypoints)
     untracked = int((~persons.has_track).sum())
     if untracked:
         logger.warning("mmaction: video %s: %d person(s) without a track id left out", uri, untracked)

@@ -38,7 +38,7 @@ appearance (ties by id). A person without a track id gets `track_id: null`.
 Numbers are rounded as the COCO export rounds them (coordinates to 1/1000 pixel, scores to 6 decimals); non-finite
 values are written as 0.
 
-The helpers `video_names`, `rows_by_video`, `flat_persons` and `skeleton_indices` are shared with
+The helpers `video_names`, `rows_by_video`, `person_arrays_of` and `skeleton_indices` are shared with
 `vitpose_batch.review.mmaction` and `vitpose_batch.review.video_render`.
 """
 
@@ -64,7 +64,7 @@ from vitpose_batch.schemas.coco import COORD_DECIMALS, SCORE_DECIMALS
 __all__ = [
     "FRAME_ID_STRIDE",
     "PersonArrays",
-    "flat_persons",
+    "person_arrays_of",
     "posetrack_videos",
     "rows_by_video",
     "skeleton_indices",
@@ -174,7 +174,7 @@ def _floats(array: pa.Array) -> np.ndarray:
     return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.float32)  # nulls -> NaN
 
 
-def flat_persons(rows: pa.Table, num_keypoints: int | None = None) -> PersonArrays:
+def person_arrays_of(rows: pa.Table, num_keypoints: int | None = None) -> PersonArrays:
     """The persons of `rows` as arrays (see `PersonArrays`), without a Python object per person.
 
     num_keypoints: K every person must have (3K keypoint values); None takes K from the first person (0 when there
@@ -281,7 +281,7 @@ def _document(video: pa.Table, name: str, number: int, category: dict, num_keypo
             image["error"] = errors[i]
         images.append(image)
 
-    persons = flat_persons(video, num_keypoints)
+    persons = person_arrays_of(video, num_keypoints)
     dense = _dense_tracks(persons, frame_index) if track_ids == "dense" else None
     keypoints = persons.keypoints.astype(np.float64)
     keypoints[..., :2] = _rounded(keypoints[..., :2], COORD_DECIMALS)

@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from vitpose_batch.defaults import KEYPOINT_THRESHOLD
 from vitpose_batch.files.storage import is_local, open_filesystem
-from vitpose_batch.review.posetrack import flat_persons, rows_by_video, skeleton_indices
+from vitpose_batch.review.posetrack import person_arrays_of, rows_by_video, skeleton_indices
 from vitpose_core.drawing import DEFAULT_BOX_COLOR, default_thickness, draw_poses
 from vitpose_core.keypoint_set import KeypointSet, make_keypoint_set
 
@@ -230,7 +230,7 @@ def render_video(
             raise ValueError(f"video {uri!r}: frames {fa} and {fb} have timestamps {a} ms and {b} ms; output frame "
                              "times must increase by at least 1 ms")
     rate = _nominal_rate(stamps, fps)
-    persons = flat_persons(video, len(kset.keypoint_names))
+    persons = person_arrays_of(video, len(kset.keypoint_names))
     by_row: list[list[tuple[np.ndarray, np.ndarray, int | None]]] = [[] for _ in range(video.num_rows)]
     for p, row in enumerate(persons.row.tolist()):
         score = float(persons.score[p])
