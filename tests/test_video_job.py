@@ -230,3 +230,16 @@ def test_a_video_on_object_storage_is_scanned_and_decoded_where_it_lies(tmp_path
     assert [f for f, _, _ in got] == [f for f, _, _ in want] == wanted.tolist()
     for (_, t1, a), (_, t2, b) in zip(got, want):
         assert t1 == t2 and np.array_equal(a, b)
+
+
+def test_a_long_video_is_spread_segment_by_segment(tmp_path, shared_ray):
+    """Each segment is its own block: the actor pool takes a long video's segments apart (a video's scan yields them
+    all at once, which a map task would otherwise hand to one actor call, rows only at its end)."""
+    from vitpose_batch.pipeline.job import segments_dataset
+
+    frames = video_files.decode_all(str(shared_path("data/videos/tai_chi.mp4")))[:150]
+    video = video_files.encode(str(tmp_path / "gop15.mp4"), frames, fps=30, gop=15)
+    blocks = [block for block in segments_dataset([video], Sampling(segment_s=0.5), None, 0.5)
+              .iter_batches(batch_size=None, batch_format="pyarrow")]
+    assert len(blocks) == 10 and all(block.num_rows == 1 for block in blocks)
+    assert sorted(block.column("segment")[0].as_py() for block in blocks) == list(range(10))

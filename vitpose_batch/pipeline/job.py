@@ -265,10 +265,7 @@ def video_dataset(opts: AnnotateOptions, listing: Listing, state, plan, box_inde
     plan.redo.update({k: v for k, v in state.redo_candidates.items()
                       if v[0] in videos or split_image_uri(v[0])[0] in videos})
     finished = state.finished.without(_keys(plan.redo)) if plan.redo else state.finished
-    names = ray.data.from_items([{"video_uri": v} for v in listing.videos],
-                                override_num_blocks=min(len(listing.videos), 10_000))
-    segments = names.map_batches(video_segments, batch_size=1, batch_format="pyarrow", num_cpus=opts.decode_cpus,
-                                 fn_kwargs={"sampling": opts.sampling, "finished": ray.put(finished)})
+    segments = segments_dataset(listing.videos, opts.sampling, finished, opts.decode_cpus)
     device, actors, actor_cpus, threads, gpu = actor_plan(opts)
     return segments.map_batches(
         VideoWorker,
@@ -281,6 +278,20 @@ def video_dataset(opts: AnnotateOptions, listing: Listing, state, plan, box_inde
         batch_size=1, batch_format="pyarrow", compute=actor_pool(actors, opts.calls_per_actor or (2 if gpu else 1)),
         num_cpus=actor_cpus, num_gpus=1 if gpu else 0,
     )
+
+
+def segments_dataset(videos: list[str], sampling: Sampling, finished, task_cpus: float):
+    """The videos' segments (vitpose_batch.pipeline.video_segments: a scan task per video), one segment per block.
+
+    A video's scan gives all its segments at once, and a map task joins what it yields into one block: left so, a
+    video's segments would reach one actor call, in one task, its rows only when the last is done. One segment per
+    block spreads a long video over every actor and sends each segment's rows to the driver as it ends."""
+    import ray
+
+    names = ray.data.from_items([{"video_uri": v} for v in videos], override_num_blocks=min(len(videos), 10_000))
+    segments = names.map_batches(video_segments, batch_size=1, batch_format="pyarrow", num_cpus=task_cpus,
+                                 fn_kwargs={"sampling": sampling, "finished": ray.put(finished)})
+    return segments.repartition(target_num_rows_per_block=1)
 
 
 def actor_plan(opts: AnnotateOptions) -> tuple[str, int, float, int | None, bool]:
